@@ -1,0 +1,84 @@
+"""Reusable OAuth 2.0 resource-server layer for ASGI apps and MCP servers.
+
+Validate bearer tokens from SAP Cloud Identity Services (and XSUAA, Entra ID or any
+JWT issuer), answer with RFC 6750 challenges, publish RFC 9728 metadata, and gate
+individual operations on permissions. This package imports nothing from ``server``
+or ``tools``.
+
+    settings = load_settings(os.environ)
+    verifier = JWTVerifier(settings)
+    app = BearerAuthMiddleware(app, verifier=verifier, settings=settings, protect=["/mcp"])
+"""
+
+from ._challenge import challenge
+from ._claims import check_claims, check_times, extract_permissions, match_issuer
+from ._context import bind_token, current_token, optional_token, reset_token
+from ._errors import (
+    AuthError,
+    ConfigError,
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    KeysUnavailable,
+    MissingToken,
+)
+from ._jwks import JWKSCache
+from ._mcp import ToolPermissionGate, filter_tools_middleware
+from ._metadata import metadata_routes, protected_resource_metadata, resource_metadata_url
+from ._middleware import BearerAuthMiddleware, bearer_token
+from ._scopes import (
+    REGISTRY,
+    PermissionRegistry,
+    expand_permissions,
+    missing_permissions,
+    requires,
+    set_permission_aliases,
+)
+from ._settings import AuthSettings, IssuerConfig, load_settings
+from ._token import VerifiedToken
+from ._verifier import JWTVerifier, TokenVerifier
+
+__all__ = [
+    # configuration
+    "AuthSettings",
+    "IssuerConfig",
+    "load_settings",
+    # verification
+    "TokenVerifier",
+    "JWTVerifier",
+    "JWKSCache",
+    "VerifiedToken",
+    "check_claims",
+    "check_times",
+    "match_issuer",
+    "extract_permissions",
+    # HTTP
+    "BearerAuthMiddleware",
+    "bearer_token",
+    "challenge",
+    "metadata_routes",
+    "protected_resource_metadata",
+    "resource_metadata_url",
+    # permissions
+    "requires",
+    "REGISTRY",
+    "PermissionRegistry",
+    "missing_permissions",
+    "expand_permissions",
+    "set_permission_aliases",
+    "ToolPermissionGate",
+    "filter_tools_middleware",
+    # the current principal
+    "current_token",
+    "optional_token",
+    "bind_token",
+    "reset_token",
+    # errors
+    "AuthError",
+    "MissingToken",
+    "InvalidToken",
+    "InvalidRequest",
+    "InsufficientScope",
+    "KeysUnavailable",
+    "ConfigError",
+]

@@ -1,0 +1,183 @@
+"""Pure claim checks: claims and an injected clock in, a `VerifiedToken` or `InvalidToken` out.
+
+Nothing here does I/O or reads the wall clock, so every rule is a table-driven test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ._errors import InvalidToken
+from ._scopes import expand_permissions
+from ._settings import IssuerConfig
+from ._token import VerifiedToken
+
+__all__ = ["match_issuer", "check_times", "check_claims", "extract_permissions", "PRINCIPAL_PROPAGATION"]
+
+PRINCIPAL_PROPAGATION = "principal-propagation"
+"""IAS marker for "all APIs for principal propagation": not a permission group (ias.md)."""
+
+# One DNS label (RFC 1123), lower case as IAS issues them: no dots, no port, no path.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python; NaN/Infinity cannot arrive from our JSON parser but may from callers.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken(f"{name} is not a finite number")
+    return float(value)
+
+
+def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -> tuple[IssuerConfig, str]:
+    """Find the trusted issuer of an (unverified) token and the issuer URL its keys come from.
+
+    For IAS, ``ias_iss`` takes precedence over ``iss`` when present (custom domains).
+    Matching is exact; multi-tenant IAS also accepts ``https://<one label>.<trusted domain>``.
+
+    Raises:
+        InvalidToken: no trusted issuer matches.
+    """
+    iss = claims.get("iss")
+    if not isinstance(iss, str) or not iss:
+        raise InvalidToken("iss missing or not a string")
+    ias_iss = claims.get("ias_iss")
+    if ias_iss is not None and (not isinstance(ias_iss, str) or not ias_iss):
+        raise InvalidToken("ias_iss is not a string")
+    for config in issuers:
+        effective = ias_iss if (config.profile == "ias" and ias_iss is not None) else iss
+        if effective == config.issuer:
+            return config, effective
+        for domain in config.domains:
+            if re.fullmatch(rf"https://{_LABEL}\.{re.escape(domain)}", effective):
+                return config, effective
+    raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
+
+
+def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
+    """Enforce ``exp`` (required), ``nbf`` and ``iat`` (RFC 7519 §4.1.4-6); return ``exp``.
+
+    Raises:
+        InvalidToken: expired, not yet valid, issued in the future, or ``exp`` missing.
+    """
+    exp = _number(claims, "exp")
+    if exp is None:
+        raise InvalidToken("exp missing")  # a token that never expires is a credential forever
+    if now >= exp + leeway:
+        raise InvalidToken("token expired")
+    nbf = _number(claims, "nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise InvalidToken("token not yet valid (nbf)")
+    iat = _number(claims, "iat")
+    if iat is not None and now + leeway < iat:
+        raise InvalidToken("token issued in the future (iat)")
+    return int(exp)
+
+
+def _string_list(value: object, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidToken(f"{name} must be an array of strings")
+    return value
+
+
+def _space_separated(value: object, name: str) -> list[str]:
+    if isinstance(value, str):
+        return value.split()
+    return _string_list(value, name)
+
+
+def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> frozenset[str]:
+    """Permissions the issuer granted, read the way its profile writes them.
+
+    Raises:
+        InvalidToken: the permission claim has the wrong type.
+    """
+    if config.profile == "ias":
+        if "ias_apis" not in claims:
+            return frozenset()  # IAS omits the claim when nothing is granted
+        apis = _string_list(claims["ias_apis"], "ias_apis")
+        return frozenset(a for a in apis if a and a != PRINCIPAL_PROPAGATION)
+    if config.profile == "xsuaa":
+        scopes = _space_separated(claims.get("scope", []), "scope")
+        if not config.xsappname:
+            return frozenset(scopes)
+        prefix = config.xsappname + "."
+        return frozenset(s[len(prefix) :] for s in scopes if s.startswith(prefix) and len(s) > len(prefix))
+    if config.profile == "entra":
+        granted = set(_space_separated(claims.get("scp", ""), "scp"))
+        granted.update(_string_list(claims.get("roles", []), "roles"))
+        return frozenset(granted)
+    return frozenset(_space_separated(claims.get("scope", ""), "scope"))
+
+
+def _first_string(claims: Mapping[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+_CLIENT_CLAIMS = {
+    "ias": ("azp", "client_id", "sub"),
+    "xsuaa": ("client_id", "cid", "azp", "sub"),
+    "entra": ("azp", "appid", "sub"),
+    "generic": ("client_id", "azp", "sub"),
+}
+_TENANT_CLAIMS = {"ias": ("app_tid", "zone_uuid"), "xsuaa": ("zid",), "entra": ("tid",), "generic": ("tenant",)}
+
+
+def check_claims(
+    claims: Mapping[str, Any],
+    config: IssuerConfig,
+    issuer: str,
+    *,
+    now: float,
+    leeway: float,
+    implies: Mapping[str, frozenset[str]] | None = None,
+) -> VerifiedToken:
+    """Validate the claims of a token whose signature and issuer are already established.
+
+    Raises:
+        InvalidToken: any claim fails (time, audience, subject, permission types, ``cnf``).
+    """
+    exp = check_times(claims, now=now, leeway=leeway)
+    aud = claims.get("aud")
+    audiences = (aud,) if isinstance(aud, str) else tuple(_string_list(aud, "aud")) if aud is not None else ()
+    if not audiences:
+        raise InvalidToken("aud missing")
+    # RFC 7519 §4.1.3 and RFC 8707 §2: exact match of one entry, no prefix or dot tricks.
+    if not set(audiences).intersection(config.audiences):
+        raise InvalidToken(f"audience {list(audiences)!r} is not ours")
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise InvalidToken("sub missing or not a string")
+    permissions = extract_permissions(claims, config)
+    thumbprint = None
+    if "cnf" in claims:
+        cnf = claims["cnf"]
+        if not isinstance(cnf, dict):
+            raise InvalidToken("cnf is not an object")
+        x5t = cnf.get("x5t#S256")
+        if x5t is not None and (not isinstance(x5t, str) or not x5t):
+            raise InvalidToken("cnf.x5t#S256 is not a string")
+        thumbprint = x5t
+    iat = claims.get("iat")
+    return VerifiedToken(
+        subject=subject,
+        client_id=_first_string(claims, *_CLIENT_CLAIMS[config.profile]) or subject,
+        issuer=issuer,
+        audience=audiences,
+        permissions=expand_permissions(permissions, implies) if implies else permissions,
+        expires_at=exp,
+        issued_at=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None,
+        tenant=_first_string(claims, *_TENANT_CLAIMS[config.profile]),
+        certificate_thumbprint=thumbprint,
+        claims=MappingProxyType(dict(claims)),
+    )

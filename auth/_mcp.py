@@ -1,0 +1,191 @@
+"""Per-tool permission gating for MCP servers over streamable HTTP.
+
+The MCP SDK's hooks can only answer inside HTTP 200, but the MCP specification asks for
+HTTP 403 with an ``insufficient_scope`` challenge when a call needs more than the token
+grants. `ToolPermissionGate` therefore reads the tool name before dispatch (the JSON-RPC
+body, checked against the ``Mcp-Name`` header when present) and replays the body to the
+SDK. `filter_tools_middleware` hides from ``tools/list`` what the caller could not call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ._context import optional_token
+from ._errors import InsufficientScope
+from ._metadata import resource_metadata_url
+from ._middleware import SCOPE_KEY, send_auth_error
+from ._scopes import REGISTRY, PermissionRegistry, missing_permissions
+from ._settings import AuthSettings
+from ._token import VerifiedToken
+
+__all__ = ["ToolPermissionGate", "filter_tools_middleware", "tool_names", "BodyTooLarge"]
+
+audit = logging.getLogger("audit")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the configured cap (answered 413)."""
+
+
+def tool_names(message: object) -> list[str]:
+    """Names of the tools a JSON-RPC message (or batch) calls; a call without a name gives "" (pure)."""
+    items = message if isinstance(message, list) else [message]
+    names = []
+    for item in items:
+        if isinstance(item, dict) and item.get("method") == "tools/call":
+            params = item.get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            names.append(name if isinstance(name, str) else "")
+    return names
+
+
+def _decode_name_header(value: str) -> str | None:
+    # The SDK wraps unsafe names as =?base64?...?=; compare the decoded form with the body.
+    from mcp.shared.inbound import decode_header_value
+
+    return decode_header_value(value)
+
+
+class ToolPermissionGate:
+    """Answer ``tools/call`` with HTTP 403 before dispatch when the token lacks the tool's permissions.
+
+    Runs inside `BearerAuthMiddleware` (it reads the verified token from the ASGI scope).
+
+    Args:
+        app: the MCP streamable-HTTP app.
+        settings: the resource URL (for ``resource_metadata``) and permission aliases.
+        registry: where tools declared their permissions (`auth.requires` writes to `REGISTRY`).
+        protect: path prefixes of MCP endpoints.
+        max_body: request body cap in bytes (413 beyond it).
+        clock: for the audit line's duration.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        *,
+        settings: AuthSettings,
+        registry: PermissionRegistry = REGISTRY,
+        protect: tuple[str, ...] = ("/mcp",),
+        max_body: int = 1024 * 1024,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.app = app
+        self._registry = registry
+        self._aliases: Mapping[str, str] = settings.permission_aliases
+        self._protect = tuple(p.rstrip("/") for p in protect)
+        self._metadata_url = resource_metadata_url(settings.resource_url)
+        self._max_body = max_body
+        self._clock = clock
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Callable[..., Awaitable[None]]) -> None:
+        token: VerifiedToken | None = scope.get(SCOPE_KEY)
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or token is None
+            or not any(path == p or path.startswith(p + "/") for p in self._protect)
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._read_body(scope, receive)
+        except BodyTooLarge:
+            await _plain(send, 413, b'{"error":"request_too_large"}')
+            return
+        names = self._names(scope, body)
+        required = frozenset().union(*(self._registry.required(n, self._aliases) for n in names)) if names else frozenset()
+        missing = missing_permissions(token.permissions, required)
+        if missing:
+            tool = ",".join(n for n in names if n)
+            audit.info(
+                "tool call denied",
+                extra={"audit": {"client_id": token.client_id, "tool": tool, "decision": "denied",
+                                 "missing": sorted(missing), "status": 403}},
+            )
+            exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
+            await send_auth_error(send, exc, resource_metadata=self._metadata_url)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _names(self, scope: dict[str, Any], body: bytes) -> list[str]:
+        names: list[str] = []
+        for key, value in scope.get("headers", ()):
+            if key == b"mcp-name":
+                decoded = _decode_name_header(value.decode("latin-1"))
+                names.append(decoded if decoded is not None else "")
+        try:
+            message = json.loads(body) if body else None
+        except ValueError:
+            return names  # the SDK answers malformed JSON itself; nothing is dispatched
+        return names + tool_names(message)
+
+    async def _read_body(self, scope: dict[str, Any], receive: Receive) -> bytes:
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                raise BodyTooLarge
+        chunks = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks += message.get("body", b"")
+            if len(chunks) > self._max_body:
+                raise BodyTooLarge
+            if not message.get("more_body", False):
+                break
+        return bytes(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _plain(send: Callable[..., Awaitable[None]], status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def filter_tools_middleware(
+    settings: AuthSettings, registry: PermissionRegistry = REGISTRY
+) -> Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]:
+    """An MCP ``ServerMiddleware`` that drops from ``tools/list`` the tools the caller cannot call."""
+    aliases = settings.permission_aliases
+
+    async def middleware(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        result = await call_next(ctx)
+        if ctx.method != "tools/list":
+            return result
+        token = optional_token()
+        granted = token.permissions if token is not None else frozenset()
+        as_dict = result if isinstance(result, dict) else result.model_dump(by_alias=True, exclude_none=True)
+        tools = as_dict.get("tools")
+        if isinstance(tools, list):
+            as_dict = dict(as_dict)
+            as_dict["tools"] = [
+                t for t in tools
+                if isinstance(t, dict) and not missing_permissions(granted, registry.required(t.get("name", ""), aliases))
+            ]
+        return as_dict
+
+    return middleware
+
+

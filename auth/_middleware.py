@@ -1,0 +1,145 @@
+"""ASGI middleware that guards paths with bearer tokens and renders RFC 6750 challenges."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ._challenge import error_body, error_headers
+from ._context import bind_token, reset_token
+from ._errors import AuthError, InvalidToken, MissingToken
+from ._metadata import resource_metadata_url
+from ._settings import AuthSettings
+from ._token import VerifiedToken
+from ._verifier import TokenVerifier
+
+__all__ = ["BearerAuthMiddleware", "bearer_token", "send_auth_error", "SCOPE_KEY"]
+
+log = logging.getLogger("auth")
+
+SCOPE_KEY = "auth.token"
+"""Where the verified token sits in the ASGI scope (also in ``scope["state"]["token"]``)."""
+
+ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Any]
+CertificateCheck = Callable[[dict[str, Any], VerifiedToken], None]
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b"") -> str:
+    """Extract the token from the one ``Authorization: Bearer`` header (RFC 6750 §2.1).
+
+    Raises:
+        MissingToken: no Authorization header at all.
+        InvalidToken: two headers, another scheme, an empty or malformed token, or a token
+            in the query string (RFC 6750 §2.3 is not supported: URLs end up in logs).
+    """
+    values = [v for k, v in headers if k.lower() == b"authorization"]
+    if query_string and any(k == "access_token" for k, _ in parse_qsl(query_string.decode("latin-1"))):
+        raise InvalidToken("token in the query string is not accepted")
+    if not values:
+        raise MissingToken("no Authorization header")
+    if len(values) > 1:
+        raise InvalidToken("more than one Authorization header")
+    try:
+        raw = values[0].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise InvalidToken("Authorization header is not ASCII") from exc
+    scheme, _, token = raw.strip().partition(" ")
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
+        raise InvalidToken(f"authorization scheme {scheme[:20]!r} is not Bearer")
+    token = token.strip()
+    if not token or " " in token:
+        raise InvalidToken("Bearer credentials are empty or malformed")
+    return token
+
+
+async def send_auth_error(
+    send: Callable[..., Any], exc: AuthError, *, resource_metadata: str, scopes: Iterable[str] = ()
+) -> None:
+    """Answer with ``exc``'s status, challenge and JSON body."""
+    body = error_body(exc)
+    headers = [(k.encode(), v.encode()) for k, v in error_headers(exc, resource_metadata=resource_metadata, scopes=scopes)]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuthMiddleware:
+    """Require a verified bearer token on the protected paths; leave every other path open.
+
+    The principal reaches handlers as ``scope["auth.token"]``, ``request.state.token`` and
+    `auth.current_token()`.
+
+    Args:
+        app: the ASGI app to guard.
+        verifier: turns a token into a `VerifiedToken` or raises an `AuthError`.
+        settings: supplies the resource URL for ``resource_metadata`` in challenges.
+        protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``).
+        scopes: what basic use needs, named in the 401 challenge (unless configured).
+        certificate_check: optional RFC 8705 binding check; raises `InvalidToken` on mismatch.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier,
+        settings: AuthSettings,
+        protect: Iterable[str] = ("/mcp",),
+        scopes: Iterable[str] = (),
+        certificate_check: CertificateCheck | None = None,
+    ) -> None:
+        self.app = app
+        self._verifier = verifier
+        self._protect = tuple(p.rstrip("/") for p in protect)
+        self._metadata_url = resource_metadata_url(settings.resource_url)
+        self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
+        self._certificate_check = certificate_check
+
+    def _protected(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self._protect)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] not in ("http", "websocket") or not self._protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)  # CORS preflight carries no credentials
+            return
+        try:
+            token = await self.authenticate(scope)
+        except AuthError as exc:
+            level = logging.WARNING if exc.status >= 500 else logging.INFO
+            log.log(level, "auth denied: status=%d error=%s reason=%s path=%s",
+                    exc.status, exc.error or "-", exc.reason, scope["path"])
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)
+            return
+        scope[SCOPE_KEY] = token
+        scope.setdefault("state", {})["token"] = token
+        handle = bind_token(token)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_token(handle)
+
+    async def authenticate(self, scope: dict[str, Any]) -> VerifiedToken:
+        """Verify the request's bearer token (and certificate binding, if configured).
+
+        Raises:
+            AuthError: the request is not authenticated; unexpected failures become `InvalidToken`.
+        """
+        raw = bearer_token(scope.get("headers", ()), scope.get("query_string", b""))
+        try:
+            token = await self._verifier.verify(raw)
+        except AuthError:
+            raise
+        except Exception as exc:  # a verifier bug must not become a bare 500 without a challenge
+            log.exception("token verifier failed unexpectedly")
+            raise InvalidToken(f"verifier error: {type(exc).__name__}") from exc
+        if self._certificate_check is not None:
+            self._certificate_check(scope, token)
+        return token
