@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 
 import uvicorn
 
@@ -85,8 +88,28 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         timeout_graceful_shutdown=8,  # Cloud Foundry allows ~10 s after SIGTERM
         lifespan="on",
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _GracefulServer(config).run(sockets=[sock])
     return 0
+
+
+class _GracefulServer(uvicorn.Server):
+    """Drain in-flight requests on SIGTERM/SIGINT, then exit 0.
+
+    uvicorn's own handler re-raises the signal after draining, so a clean stop on
+    ``cf stop`` or a rolling update would be reported as a kill.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _placeholder_auth() -> AuthSettings:

@@ -1,0 +1,227 @@
+"""The MCP tools, driven in-process through the real `mcp.Client` with a token bound in the contextvar.
+
+The in-process client carries the caller's contextvars to the tool (the SDK snapshots the
+sender's context per message), so binding a token with `bind_token` is enough; the first
+test checks that, so the permission tests below cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+
+import tools
+from auth._context import bind_token, reset_token
+from auth._errors import InsufficientScope, MissingToken
+from auth._scopes import REGISTRY
+from auth._token import VerifiedToken
+from tools import NotesStore
+
+READ_TOOLS = {"list_notes", "search_notes", "get_note"}
+WRITE_TOOLS = {"create_note", "update_note", "delete_note"}
+EXPIRES_AT = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+def make_token(client_id: str = "writer-app", *permissions: str) -> VerifiedToken:
+    return VerifiedToken(
+        subject=f"sub-{client_id}",
+        client_id=client_id,
+        issuer="https://tenant.accounts.ondemand.com",
+        audience=("https://notes.example",),
+        permissions=frozenset(permissions or ("api_read_access", "api_write_access")),
+        expires_at=EXPIRES_AT,
+        tenant="tenant-1",
+    )
+
+
+@contextmanager
+def acting_as(token: VerifiedToken | None) -> Iterator[None]:
+    handle = bind_token(token)
+    try:
+        yield
+    finally:
+        reset_token(handle)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> NotesStore:
+    return NotesStore(tmp_path / "notes.db")
+
+
+@pytest.fixture
+def server(store: NotesStore) -> MCPServer:
+    mcp = MCPServer("notes-test")
+    tools.register(mcp, store)
+    return mcp
+
+
+# -- registration --------------------------------------------------------------------------
+
+
+def test_write_tools_declare_write_permission(server: MCPServer) -> None:
+    assert REGISTRY.required("create_note") == {"api_write_access"}
+    for name in WRITE_TOOLS:
+        assert REGISTRY.required(name) == {"api_write_access"}, name
+
+
+def test_read_tools_declare_read_permission(server: MCPServer) -> None:
+    for name in READ_TOOLS:
+        assert REGISTRY.required(name) == {"api_read_access"}, name
+
+
+def test_whoami_declares_no_permission(server: MCPServer) -> None:
+    assert REGISTRY.required("whoami") == frozenset()
+
+
+async def test_server_lists_every_tool_with_read_only_hints(server: MCPServer) -> None:
+    with acting_as(make_token()):
+        async with Client(server) as client:
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(listed) == READ_TOOLS | WRITE_TOOLS | {"whoami"}
+    assert all(listed[n].annotations.read_only_hint for n in READ_TOOLS | {"whoami"})
+    assert not any(listed[n].annotations.read_only_hint for n in WRITE_TOOLS)
+    assert listed["delete_note"].annotations.destructive_hint is True
+
+
+# -- the token reaches the tool ------------------------------------------------------------
+
+
+async def test_whoami_reports_the_token_bound_by_the_caller(server: MCPServer) -> None:
+    token = make_token("reader-app", "api_read_access", "zz_other", "aa_other")
+    with acting_as(token):
+        async with Client(server) as client:
+            result = await client.call_tool("whoami", {})
+    assert not result.is_error
+    assert result.structured_content == {
+        "client_id": "reader-app",
+        "subject": "sub-reader-app",
+        "tenant": "tenant-1",
+        "permissions": ["aa_other", "api_read_access", "zz_other"],
+        "expires_at": "2026-01-01T00:00:00+00:00",
+    }
+
+
+async def test_token_bound_after_connecting_still_reaches_the_tool(server: MCPServer) -> None:
+    async with Client(server) as client:
+        with acting_as(make_token("late-app")):
+            result = await client.call_tool("whoami", {})
+    assert result.structured_content is not None
+    assert result.structured_content["client_id"] == "late-app"
+
+
+async def test_whoami_without_a_token_fails(server: MCPServer) -> None:
+    with acting_as(None):
+        with pytest.raises(UnexpectedToolError) as caught:
+            await server.call_tool("whoami", {})
+    assert isinstance(caught.value.__cause__, MissingToken)
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+async def test_write_without_write_permission_is_refused_and_stores_nothing(
+    server: MCPServer, store: NotesStore
+) -> None:
+    with acting_as(make_token("reader-app", "api_read_access")):
+        async with Client(server) as client:
+            result = await client.call_tool("create_note", {"title": "sneaky"})
+    assert result.is_error
+    # The SDK hides the text of non-ToolError exceptions; the HTTP gate gives the 403 challenge.
+    assert "sneaky" not in str(result.content)
+    assert store.list(100) == []
+
+
+async def test_refused_write_raises_insufficient_scope_naming_the_missing_permission(server: MCPServer) -> None:
+    with acting_as(make_token("reader-app", "api_read_access")):
+        with pytest.raises(UnexpectedToolError) as caught:
+            await server.call_tool("delete_note", {"note_id": 1})
+    cause = caught.value.__cause__
+    assert isinstance(cause, InsufficientScope)
+    assert cause.missing == {"api_write_access"}
+
+
+async def test_read_without_read_permission_is_refused(server: MCPServer, store: NotesStore) -> None:
+    store.create("secret", "", "someone")
+    with acting_as(make_token("writer-only", "api_write_access")):
+        async with Client(server) as client:
+            result = await client.call_tool("list_notes", {})
+    assert result.is_error
+    assert "secret" not in str(result.content)
+
+
+# -- behaviour -----------------------------------------------------------------------------
+
+
+async def test_created_note_records_the_client_id_of_the_token(server: MCPServer, store: NotesStore) -> None:
+    with acting_as(make_token("writer-app")):
+        async with Client(server) as client:
+            result = await client.call_tool("create_note", {"title": "Groceries", "body": "milk"})
+    assert not result.is_error and result.structured_content is not None
+    note_id = result.structured_content["id"]
+    assert result.structured_content["created_by"] == "writer-app"
+    assert store.get(note_id).created_by == "writer-app"
+
+
+async def test_update_and_delete_record_the_acting_client(server: MCPServer, store: NotesStore) -> None:
+    note = store.create("draft", "", "writer-app")
+    with acting_as(make_token("editor-app")):
+        async with Client(server) as client:
+            updated = await client.call_tool("update_note", {"note_id": note.id, "title": "final", "body": "done"})
+            deleted = await client.call_tool("delete_note", {"note_id": note.id})
+    assert updated.structured_content is not None
+    assert (updated.structured_content["created_by"], updated.structured_content["updated_by"]) == (
+        "writer-app",
+        "editor-app",
+    )
+    assert deleted.structured_content is not None and deleted.structured_content["title"] == "final"
+    assert store.list(100) == []
+
+
+async def test_read_tools_return_notes_newest_first(server: MCPServer, store: NotesStore) -> None:
+    first = store.create("apple pie", "", "app")
+    second = store.create("apple cake", "", "app")
+    store.create("banana", "", "app")
+    with acting_as(make_token("reader-app", "api_read_access")):
+        async with Client(server) as client:
+            searched = await client.call_tool("search_notes", {"query": "APPLE"})
+            listed = await client.call_tool("list_notes", {"limit": 2})
+            got = await client.call_tool("get_note", {"note_id": first.id})
+    assert searched.structured_content is not None and listed.structured_content is not None
+    assert [n["id"] for n in searched.structured_content["notes"]] == [second.id, first.id]
+    assert [n["title"] for n in listed.structured_content["notes"]] == ["banana", "apple cake"]
+    assert got.structured_content is not None and got.structured_content["title"] == "apple pie"
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "message"),
+    [
+        ("create_note", {"title": "   "}, "title must not be empty"),
+        ("create_note", {"title": "x" * 201}, "title is longer than 200 characters"),
+        ("get_note", {"note_id": 42}, "note 42 does not exist"),
+        ("update_note", {"note_id": 42, "title": "t", "body": "b"}, "note 42 does not exist"),
+        ("delete_note", {"note_id": 42}, "note 42 does not exist"),
+        ("list_notes", {"limit": 0}, "limit must be an integer from 1 to 100"),
+        ("search_notes", {"query": ""}, "query must not be empty"),
+    ],
+)
+async def test_input_problems_reach_the_client_as_tool_errors_with_the_reason(
+    server: MCPServer, tool: str, arguments: dict[str, object], message: str
+) -> None:
+    with acting_as(make_token()):
+        async with Client(server) as client:
+            result = await client.call_tool(tool, arguments)
+    assert result.is_error
+    assert message in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_input_problem_is_a_deliberate_tool_error_not_a_crash(server: MCPServer) -> None:
+    with acting_as(make_token()):
+        with pytest.raises(ToolError) as caught:
+            await server.call_tool("get_note", {"note_id": 42})
+    assert not isinstance(caught.value, UnexpectedToolError)

@@ -1,0 +1,41 @@
+"""The MCP tools this server offers, and the store behind them (public API).
+
+The server calls `register` once at start-up, after building its `MCPServer`::
+
+    store = NotesStore(settings.notes_db)        # the path comes from the server's settings
+    register(mcp, store)
+
+Adding a tool is one decorated function inside `tools.notes.register_notes` (or a new
+``register_*`` called from `register`). ``@mcp.tool()`` goes on top, ``@requires`` under
+it; the permission lands in ``auth.REGISTRY`` under the tool's name, which the
+HTTP gate and ``tools/list`` filtering read. The docstring is what the model is told::
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @requires(READ)
+    async def count_notes() -> int:
+        \"\"\"Count the most recent notes (at most 100).\"\"\"
+        return len(await _run(store.list, 100))
+
+Leave out ``@requires`` only for a tool any valid token may call (like ``whoami``).
+Raise `mcp.server.mcpserver.exceptions.ToolError` for a problem the model can fix; the SDK
+hides the text of any other exception from the client.
+"""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+
+from ._store import Note, NoteError, NotesStore
+from .notes import READ, WRITE, register_notes, register_whoami
+
+__all__ = ["register", "NotesStore", "Note", "NoteError", "READ", "WRITE"]
+
+
+def register(mcp: MCPServer, store: NotesStore) -> None:
+    """Register every tool on ``mcp``: ``whoami`` and the note tools backed by ``store``.
+
+    Call it once per server; the permission declarations go to the process-wide
+    ``auth.REGISTRY`` (a second call replaces them with the same values).
+    """
+    register_whoami(mcp)
+    register_notes(mcp, store)

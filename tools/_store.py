@@ -1,0 +1,326 @@
+"""A small notes store on SQLite, safe for many threads and several processes sharing one file.
+
+Why it is shaped this way:
+
+- **A connection per call.** `sqlite3` connections must not be shared between threads
+  without locking of our own, and async callers run each call on an arbitrary worker
+  thread (`anyio.to_thread.run_sync`). Opening a connection to a local file costs
+  microseconds, so one per call is simpler than a per-thread pool and leaks nothing.
+- **WAL mode** (https://sqlite.org/wal.html): readers never block the single writer and
+  the writer never blocks readers, across processes too. The mode is persistent in the
+  file, so it is set once when the store opens (retrying: that switch may report
+  SQLITE_BUSY without waiting). WAL needs shared memory, hence a local
+  disk: it does not work on network file systems, and two hosts cannot share the file.
+- **`BEGIN IMMEDIATE` for every write**: the write lock is taken at the start of the
+  transaction, so two writers cannot both read and then fail to upgrade (the deferred
+  default can return SQLITE_BUSY mid-transaction without consulting the busy handler).
+- **`busy_timeout`**: a writer that finds the lock taken waits for it instead of failing.
+- **Soft delete**: every write, a delete included, records the client id that made it,
+  so a deleted row keeps ``deleted_by``/``deleted_at`` and drops out of every read.
+
+Timestamps are ISO-8601 in UTC (``2025-01-31T12:00:00.123456+00:00``). "Newest first"
+orders by id, which SQLite assigns in commit order; wall clocks of two processes may disagree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = [
+    "Note",
+    "NoteError",
+    "NotesStore",
+    "TITLE_MAX",
+    "BODY_MAX",
+    "QUERY_MAX",
+    "LIMIT_MAX",
+    "BUSY_TIMEOUT_MS",
+]
+
+TITLE_MAX = 200
+"""Longest title, in characters, after stripping surrounding whitespace."""
+BODY_MAX = 10_000
+"""Longest body, in characters; an empty body is allowed."""
+QUERY_MAX = 200
+"""Longest search query, in characters, after stripping."""
+LIMIT_MAX = 100
+"""Most notes one list or search returns; keeps a tool result small enough for a model."""
+BUSY_TIMEOUT_MS = 5_000
+"""How long a writer waits for another writer's lock before giving up with ``database is locked``."""
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS notes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids of deleted notes are never reused
+    title       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    updated_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    deleted_by  TEXT,
+    deleted_at  TEXT
+);
+CREATE INDEX IF NOT EXISTS notes_live ON notes (id) WHERE deleted_at IS NULL;
+"""
+_COLUMNS = "id, title, body, created_by, updated_by, created_at, updated_at"
+
+
+class NoteError(ValueError):
+    """An input the store refuses, or a note that does not exist; the message is safe to show a client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One note as stored; timestamps are ISO-8601 UTC strings."""
+
+    id: int
+    title: str
+    body: str
+    created_by: str
+    updated_by: str
+    created_at: str
+    updated_at: str
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NotesStore:
+    """Notes in one SQLite file; every method is synchronous, thread-safe and process-safe.
+
+    Args:
+        path: the database file; its parent folder is created when missing.
+        clock: returns the current time (an aware datetime); injected so tests need not sleep.
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or is not a database.
+        RuntimeError: the file was written by a newer schema version.
+    """
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._path = Path(path)
+        self._clock = clock
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._init_schema()
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, note_id: int) -> Note:
+        """Return note ``note_id``.
+
+        Raises:
+            NoteError: the id is not an integer, or no live note has it.
+        """
+        note_id = _check_id(note_id)
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM notes WHERE id = ? AND deleted_at IS NULL", (note_id,)  # noqa: S608
+            ).fetchone()
+        if row is None:
+            raise NoteError(f"note {note_id} does not exist")
+        return Note(*row)
+
+    def list(self, limit: int = 20) -> list[Note]:
+        """Return up to ``limit`` notes, newest first.
+
+        Raises:
+            NoteError: ``limit`` is outside 1..`LIMIT_MAX`.
+        """
+        limit = _check_limit(limit)
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM notes WHERE deleted_at IS NULL ORDER BY id DESC LIMIT ?",  # noqa: S608
+                (limit,),
+            ).fetchall()
+        return [Note(*row) for row in rows]
+
+    def search(self, query: str, limit: int = 20) -> list[Note]:
+        """Return up to ``limit`` notes whose title or body contains ``query``, newest first.
+
+        Matching is a case-insensitive substring test (Unicode case folding, so "STRASSE"
+        finds "Straße"); ``%``, ``_`` and ``\\`` in the query match themselves.
+
+        Raises:
+            NoteError: the query is blank or longer than `QUERY_MAX`, or ``limit`` is out of range.
+        """
+        query = _check_text("query", query, QUERY_MAX, strip=True, allow_empty=False)
+        limit = _check_limit(limit)
+        # SQLite's LIKE and lower() fold ASCII only, so both sides go through str.casefold.
+        pattern = "%" + _escape_like(query.casefold()) + "%"
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM notes WHERE deleted_at IS NULL"  # noqa: S608
+                " AND (casefold(title) LIKE :p ESCAPE '\\' OR casefold(body) LIKE :p ESCAPE '\\')"
+                " ORDER BY id DESC LIMIT :limit",
+                {"p": pattern, "limit": limit},
+            ).fetchall()
+        return [Note(*row) for row in rows]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(self, title: str, body: str, client_id: str) -> Note:
+        """Store a new note made by ``client_id`` and return it.
+
+        Raises:
+            NoteError: the title is blank or too long, the body too long, or the client id empty.
+        """
+        title = _check_text("title", title, TITLE_MAX, strip=True, allow_empty=False)
+        body = _check_text("body", body, BODY_MAX, strip=False, allow_empty=True)
+        client_id = _check_client(client_id)
+        now = self._now()
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO notes (title, body, created_by, updated_by, created_at, updated_at)"
+                f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
+                (title, body, client_id, client_id, now, now),
+            ).fetchone()
+        return Note(*row)
+
+    def update(self, note_id: int, title: str, body: str, client_id: str) -> Note:
+        """Replace the title and body of note ``note_id``, recording ``client_id``; return the new note.
+
+        Raises:
+            NoteError: an invalid input (as for `create`), or no live note has the id.
+        """
+        note_id = _check_id(note_id)
+        title = _check_text("title", title, TITLE_MAX, strip=True, allow_empty=False)
+        body = _check_text("body", body, BODY_MAX, strip=False, allow_empty=True)
+        client_id = _check_client(client_id)
+        now = self._now()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE notes SET title = ?, body = ?, updated_by = ?, updated_at = ?"
+                f" WHERE id = ? AND deleted_at IS NULL RETURNING {_COLUMNS}",
+                (title, body, client_id, now, note_id),
+            ).fetchone()
+        if row is None:
+            raise NoteError(f"note {note_id} does not exist")
+        return Note(*row)
+
+    def delete(self, note_id: int, client_id: str) -> Note | None:
+        """Delete note ``note_id`` on behalf of ``client_id``.
+
+        Returns:
+            The note as it was before deletion, or None when no live note had the id
+            (deleting twice is not an error, so a retried call is harmless).
+
+        Raises:
+            NoteError: the id is not an integer or the client id is empty.
+        """
+        note_id = _check_id(note_id)
+        client_id = _check_client(client_id)
+        now = self._now()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE notes SET deleted_by = ?, deleted_at = ?"
+                f" WHERE id = ? AND deleted_at IS NULL RETURNING {_COLUMNS}",
+                (client_id, now, note_id),
+            ).fetchone()
+        return None if row is None else Note(*row)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return self._clock().astimezone(UTC).isoformat()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: the sqlite3 module opens no implicit transactions; we say BEGIN ourselves.
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.create_function("casefold", 1, _casefold, deterministic=True)
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Persistent in the file, so only the first open of a new file really switches.
+        # The switch needs an exclusive lock and, unlike ordinary statements, may answer
+        # SQLITE_BUSY without consulting the busy handler (seen when two processes open a
+        # new file at once), so retry it ourselves for as long as a writer would wait.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self._path}: cannot switch to WAL mode (got {mode!r})")
+
+    def _init_schema(self) -> None:
+        with self._connect() as conn:
+            self._enable_wal(conn)
+        with self._write() as conn:  # two processes creating the schema at once: one waits
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise RuntimeError(f"{self._path}: schema version {version} is newer than {_SCHEMA_VERSION}")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+def _casefold(value: str | None) -> str | None:
+    return None if value is None else value.casefold()
+
+
+def _escape_like(text: str) -> str:
+    """Make ``%``, ``_`` and the escape character itself literal in a LIKE pattern (ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _check_text(field: str, value: object, maximum: int, *, strip: bool, allow_empty: bool) -> str:
+    if not isinstance(value, str):
+        raise NoteError(f"{field} must be a string")
+    if strip:
+        value = value.strip()
+    if not value and not allow_empty:
+        raise NoteError(f"{field} must not be empty")
+    if len(value) > maximum:
+        raise NoteError(f"{field} is longer than {maximum} characters")
+    return value
+
+
+def _check_limit(limit: object) -> int:
+    # bool is an int subclass; limit=True is a caller bug, not "1".
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= LIMIT_MAX:
+        raise NoteError(f"limit must be an integer from 1 to {LIMIT_MAX}")
+    return limit
+
+
+def _check_id(note_id: object) -> int:
+    if not isinstance(note_id, int) or isinstance(note_id, bool):
+        raise NoteError("note id must be an integer")
+    return note_id
+
+
+def _check_client(client_id: object) -> str:
+    if not isinstance(client_id, str) or not client_id:
+        raise NoteError("client id must not be empty")
+    return client_id

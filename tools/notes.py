@@ -1,0 +1,147 @@
+"""The example tools: ``whoami`` and notes kept in a `NotesStore`.
+
+Each tool is one function: ``@mcp.tool()`` on top (name = function name; the docstring is
+the description the model reads), ``@requires(...)`` under it (declares the permission in
+`auth.REGISTRY` under the same name, and checks it when the tool runs). The tools
+are closures over the store, so two servers in one process (tests) keep separate stores.
+
+The store is synchronous; every call runs on a worker thread (`anyio.to_thread.run_sync`)
+so a busy SQLite lock never stalls the event loop. A `NoteError` becomes a `ToolError`
+carrying the store's message: the SDK reports any other exception to the model only as
+"Error executing tool <name>", which gives it nothing to correct.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import anyio.to_thread
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
+
+from auth import current_token, requires
+
+from ._store import Note, NoteError, NotesStore
+
+__all__ = ["register_whoami", "register_notes", "NoteView", "NoteList", "Identity", "READ", "WRITE"]
+
+READ = "api_read_access"
+"""Permission the read tools declare."""
+WRITE = "api_write_access"
+"""Permission the write tools declare."""
+
+T = TypeVar("T")
+
+_READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+_WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+_DELETES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+class NoteView(TypedDict):
+    """A note as a tool returns it (a TypedDict, so the SDK publishes an output schema)."""
+
+    id: int
+    title: str
+    body: str
+    created_by: str
+    updated_by: str
+    created_at: str
+    updated_at: str
+
+
+class NoteList(TypedDict):
+    """Several notes, newest first; wrapped in an object because structured content must be one."""
+
+    notes: list[NoteView]
+
+
+class Identity(TypedDict):
+    """What ``whoami`` reports about the caller's token."""
+
+    client_id: str
+    subject: str
+    tenant: str | None
+    permissions: list[str]
+    expires_at: str
+
+
+def _view(note: Note) -> NoteView:
+    return NoteView(**asdict(note))  # type: ignore[typeddict-item]
+
+
+async def _run(call: Callable[..., T], *args: object) -> T:
+    """Run a store call on a worker thread, turning its input errors into tool errors.
+
+    Raises:
+        ToolError: the store refused the input or the note does not exist.
+    """
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(call, *args))
+    except NoteError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def register_whoami(mcp: MCPServer) -> None:
+    """Register ``whoami``, which needs a valid token and no particular permission."""
+
+    @mcp.tool(annotations=_READ_ONLY)
+    async def whoami() -> Identity:
+        """Describe the caller: OAuth client id, subject, tenant, granted permissions and token expiry."""
+        token = current_token()
+        return Identity(
+            client_id=token.client_id,
+            subject=token.subject,
+            tenant=token.tenant,
+            permissions=sorted(token.permissions),
+            expires_at=datetime.fromtimestamp(token.expires_at, UTC).isoformat(),
+        )
+
+
+def register_notes(mcp: MCPServer, store: NotesStore) -> None:
+    """Register the note tools on ``mcp``, all backed by ``store``."""
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @requires(READ)
+    async def list_notes(limit: int = 20) -> NoteList:
+        """List the most recent notes, newest first (limit 1 to 100)."""
+        return NoteList(notes=[_view(n) for n in await _run(store.list, limit)])
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @requires(READ)
+    async def search_notes(query: str, limit: int = 20) -> NoteList:
+        """Find notes whose title or body contains the query (case-insensitive), newest first."""
+        return NoteList(notes=[_view(n) for n in await _run(store.search, query, limit)])
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @requires(READ)
+    async def get_note(note_id: int) -> NoteView:
+        """Fetch one note by its id."""
+        return _view(await _run(store.get, note_id))
+
+    @mcp.tool(annotations=_WRITES)
+    @requires(WRITE)
+    async def create_note(title: str, body: str = "") -> NoteView:
+        """Create a note (title 1 to 200 characters, body up to 10000) and return it with its id."""
+        return _view(await _run(store.create, title, body, current_token().client_id))
+
+    @mcp.tool(annotations=_WRITES)
+    @requires(WRITE)
+    async def update_note(note_id: int, title: str, body: str) -> NoteView:
+        """Replace the title and body of an existing note and return the updated note."""
+        return _view(await _run(store.update, note_id, title, body, current_token().client_id))
+
+    @mcp.tool(annotations=_DELETES)
+    @requires(WRITE)
+    async def delete_note(note_id: int) -> NoteView:
+        """Delete a note and return what it held; fails when no such note exists."""
+        note = await _run(store.delete, note_id, current_token().client_id)
+        if note is None:
+            # The store treats a repeated delete as harmless; the model should still hear the id was wrong.
+            raise ToolError(f"note {note_id} does not exist")
+        return _view(note)
