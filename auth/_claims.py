@@ -30,9 +30,15 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     # bool is an int in Python; NaN/Infinity cannot arrive from our JSON parser but may from callers.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f"{name} is not a finite number")
-    return float(value)
+    try:
+        number = float(value)  # JSON integers are unbounded: 10**400 overflows here
+    except OverflowError:
+        raise InvalidToken(f"{name} is out of range") from None
+    if not math.isfinite(number):
+        raise InvalidToken(f"{name} is not a finite number")
+    return number
 
 
 def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -> tuple[IssuerConfig, str]:
@@ -179,5 +185,5 @@ def check_claims(
         issued_at=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None,
         tenant=_first_string(claims, *_TENANT_CLAIMS[config.profile]),
         certificate_thumbprint=thumbprint,
-        claims=MappingProxyType(dict(claims)),
+        claims=claims if isinstance(claims, MappingProxyType) else MappingProxyType(dict(claims)),
     )
