@@ -10,7 +10,23 @@ or ``tools``.
     app = BearerAuthMiddleware(app, verifier=verifier, settings=settings, protect=["/mcp"])
 """
 
+from ._binding import certificate_thumbprint, check_certificate_binding, parse_forwarded_client_cert
 from ._challenge import challenge
+from ._client import (
+    ClientCredentials,
+    DiscoveryError,
+    InvalidClient,
+    IssuedToken,
+    RetryPolicy,
+    TokenEndpointUnreachable,
+    TokenProvider,
+    TokenRequestError,
+    TokenRequestRejected,
+    TokenResponseError,
+    credentials_from_env,
+    ias_resource,
+)
+from ._client_auth import Httpx2BearerAuth, HttpxBearerAuth, TokenSource
 from ._claims import check_claims, check_times, extract_permissions, match_issuer
 from ._context import bind_token, current_token, optional_token, reset_token
 from ._errors import (
@@ -68,6 +84,26 @@ __all__ = [
     "set_permission_aliases",
     "ToolPermissionGate",
     "filter_tools_middleware",
+    # certificate-bound tokens (RFC 8705)
+    "certificate_thumbprint",
+    "parse_forwarded_client_cert",
+    "check_certificate_binding",
+    # calling side: client-credentials tokens
+    "ClientCredentials",
+    "TokenProvider",
+    "IssuedToken",
+    "RetryPolicy",
+    "TokenSource",
+    "HttpxBearerAuth",
+    "Httpx2BearerAuth",
+    "credentials_from_env",
+    "ias_resource",
+    "TokenRequestError",
+    "TokenRequestRejected",
+    "InvalidClient",
+    "TokenEndpointUnreachable",
+    "TokenResponseError",
+    "DiscoveryError",
     # the current principal
     "current_token",
     "optional_token",

@@ -42,7 +42,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ._client_auth import HttpxBearerAuth, Httpx2BearerAuth
+from ._client_auth import Httpx2BearerAuth, HttpxBearerAuth
 from ._errors import ConfigError
 from ._settings import check_issuer_url
 
@@ -191,7 +191,10 @@ def discovery_urls(issuer: str) -> tuple[str, str]:
     parts = urlsplit(issuer)
     path = parts.path.rstrip("/")
     origin = f"{parts.scheme}://{parts.netloc}"
-    return f"{origin}{path}/.well-known/openid-configuration", f"{origin}/.well-known/oauth-authorization-server{path}"
+    return (
+        f"{origin}{path}/.well-known/openid-configuration",
+        f"{origin}/.well-known/oauth-authorization-server{path}",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,7 @@ def backoff_delay(policy: RetryPolicy, retry: int, jitter: float, retry_after: f
     that failed together spread out. A server's ``Retry-After`` (RFC 9110 §10.2.3) raises the
     delay, capped at ``max_delay`` so the total time stays bounded.
     """
-    step = min(policy.max_delay, policy.base_delay * 2 ** (retry - 1))
+    step = min(policy.max_delay, policy.base_delay * 2.0 ** (retry - 1))
     delay = step / 2 + step / 2 * jitter
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.max_delay))
@@ -252,7 +255,12 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def parse_token_response(
-    status: int, body: bytes, *, obtained_at: float, default_lifetime: float = 300.0, token_endpoint: str | None = None
+    status: int,
+    body: bytes,
+    *,
+    obtained_at: float,
+    default_lifetime: float = 300.0,
+    token_endpoint: str | None = None,
 ) -> IssuedToken:
     """Interpret a non-5xx answer of the token endpoint.
 
@@ -263,7 +271,10 @@ def parse_token_response(
         TokenRequestRejected: any other 4xx.
         TokenResponseError: a 2xx that is not a bearer token response, or any other status.
     """
-    where = {"token_endpoint": token_endpoint, "status": status}
+
+    def bad(message: str) -> TokenResponseError:
+        return TokenResponseError(message, token_endpoint=token_endpoint, status=status)
+
     doc = _json_object(body)
     if 400 <= status < 500:
         error = doc.get("error") if doc else None
@@ -272,23 +283,23 @@ def parse_token_response(
         description = description[:200] if isinstance(description, str) else None
         cls = InvalidClient if status == 401 or error == "invalid_client" else TokenRequestRejected
         message = f"token endpoint refused the request: HTTP {status}" + (f" {error}" if error else "")
-        raise cls(message, error=error, description=description, **where)
+        raise cls(message, token_endpoint=token_endpoint, status=status, error=error, description=description)
     if not 200 <= status < 300:
-        raise TokenResponseError(f"unexpected HTTP {status} from the token endpoint", **where)
+        raise bad(f"unexpected HTTP {status} from the token endpoint")
     if doc is None:
-        raise TokenResponseError("token response is not a JSON object", **where)
+        raise bad("token response is not a JSON object")
     token, token_type = doc.get("access_token"), doc.get("token_type")
     if not isinstance(token, str) or not token or any(c.isspace() for c in token):
-        raise TokenResponseError("token response has no usable access_token", **where)
+        raise bad("token response has no usable access_token")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":  # case-insensitive, §5.1
-        raise TokenResponseError(f"token_type is {token_type!r}, not Bearer", **where)
+        raise bad(f"token_type is {token_type!r}, not Bearer")
     raw = doc.get("expires_in", default_lifetime)
     try:
         lifetime = float(raw)  # some servers send a numeric string
     except (TypeError, ValueError):
-        raise TokenResponseError(f"expires_in is not a number: {raw!r}", **where) from None
+        raise bad(f"expires_in is not a number: {raw!r}") from None
     if not 0 < lifetime < 10 * 365 * 86400:
-        raise TokenResponseError(f"expires_in out of range: {raw!r}", **where)
+        raise bad(f"expires_in out of range: {raw!r}")
     scope = doc.get("scope")
     return IssuedToken(token, token_type, lifetime, obtained_at, scope if isinstance(scope, str) else None)
 
@@ -381,12 +392,15 @@ class ClientCredentials:
                 raise ConfigError("private_key", "is required with a certificate")
             object.__setattr__(self, "certificate", normalize_pem(self.certificate))
             object.__setattr__(self, "private_key", normalize_pem(self.private_key))
-            _check_key_pair(self.certificate, self.private_key)  # type: ignore[arg-type]
+            _check_key_pair(self.certificate, self.private_key)
 
     def __repr__(self) -> str:
-        where = f"token_endpoint={self.token_endpoint!r}" if self.token_endpoint else f"issuer={self.issuer!r}"
+        where = (
+            f"token_endpoint={self.token_endpoint!r}" if self.token_endpoint else f"issuer={self.issuer!r}"
+        )
         extra = f", resource={self.resource!r}" if self.resource else ""
-        return f"ClientCredentials(client_id={self.client_id!r}, {where}, auth_method={self.auth_method!r}{extra})"
+        method = f"auth_method={self.auth_method!r}"
+        return f"ClientCredentials(client_id={self.client_id!r}, {where}, {method}{extra})"
 
     __str__ = __repr__
 
@@ -416,12 +430,19 @@ class ClientCredentials:
             use_cert = False
         else:  # unset or unknown: the certificate when it is usable, else the secret
             use_cert = cert is not None and (key is not None or secret is None)
-        names = {"client_id": "clientid", "issuer": "url", "client_secret": "clientsecret", "private_key": "key"}
+        names = {
+            "client_id": "clientid",
+            "issuer": "url",
+            "client_secret": "clientsecret",
+            "private_key": "key",
+        }
         for name in ("clientid", "url"):
             if not isinstance(credentials.get(name), str):
                 raise ConfigError(name, "is missing from the identity binding")
         if not use_cert and not isinstance(secret, str):
-            raise ConfigError("clientsecret", f"missing (credential-type {kind or 'unset'}): no secret and no certificate")
+            raise ConfigError(
+                "clientsecret", f"missing (credential-type {kind or 'unset'}): no secret and no certificate"
+            )
         with _renamed(names):
             return cls(
                 client_id=credentials["clientid"],
@@ -434,7 +455,12 @@ class ClientCredentials:
 
     @classmethod
     def from_vcap_services(
-        cls, vcap_json: str, name: str | None = None, *, resource: str | None = None, private_key: str | None = None
+        cls,
+        vcap_json: str,
+        name: str | None = None,
+        *,
+        resource: str | None = None,
+        private_key: str | None = None,
     ) -> ClientCredentials:
         """From the ``identity`` binding named ``name`` (or the only one) in ``VCAP_SERVICES``.
 
@@ -450,10 +476,17 @@ class ClientCredentials:
         if name is None:
             bindings = [b for b in vcap.get("identity") or [] if isinstance(b, dict)]
             if len(bindings) != 1:
-                raise ConfigError("VCAP_SERVICES", f"has {len(bindings)} identity bindings; name the one to use")
+                raise ConfigError(
+                    "VCAP_SERVICES", f"has {len(bindings)} identity bindings; name the one to use"
+                )
         else:
-            bindings = [b for bs in vcap.values() if isinstance(bs, list) for b in bs
-                        if isinstance(b, dict) and b.get("name") == name]
+            bindings = [
+                b
+                for bs in vcap.values()
+                if isinstance(bs, list)
+                for b in bs
+                if isinstance(b, dict) and b.get("name") == name
+            ]
             if not bindings:
                 raise ConfigError("VCAP_SERVICES", f"has no binding named {name!r}")
         binding = bindings[0]
@@ -564,7 +597,7 @@ def _private_pem_file(data: bytes) -> Iterator[str]:
     ``ssl`` loads client keys only from files. On Linux an anonymous memory file keeps the
     key off any disk; elsewhere a ``mkstemp`` file (mode 0600, O_EXCL) lives for one call.
     """
-    if hasattr(os, "memfd_create"):
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
         try:
             fd = os.memfd_create("mcp-client-credentials", os.MFD_CLOEXEC)
         except OSError:
@@ -603,7 +636,7 @@ def client_ssl_context(
         with _private_pem_file(pem) as path:
             try:
                 ctx.load_cert_chain(path)
-            except ssl.SSLError:
+            except (ssl.SSLError, OSError):
                 raise ConfigError("certificate", "OpenSSL could not load the certificate and key") from None
     return ctx
 
@@ -622,11 +655,11 @@ class _SingleFlight:
     async def run(self, key: object, factory: Callable[[], Awaitable[_T]]) -> _T:
         task = self._tasks.get(key)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.ensure_future(factory())
+            task = asyncio.ensure_future(factory())  # a Task: it runs even if no caller waits
             self._tasks[key] = task
             task.add_done_callback(lambda t: self._done(key, t))
         # shield: one impatient caller being cancelled must not cancel everyone's request.
-        return await asyncio.shield(task)  # type: ignore[no-any-return]
+        return await asyncio.shield(task)
 
     def _done(self, key: object, task: asyncio.Task[Any]) -> None:
         if self._tasks.get(key) is task:
@@ -639,7 +672,6 @@ class _SingleFlight:
 class _Reply:
     status: int
     body: bytes
-    retry_after: float | None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -760,7 +792,9 @@ class TokenProvider:
             if cached is not None and not force_refresh and self._clock() < cached.expires_at:
                 log.warning(
                     "token refresh failed for client %s at %s; using the cached token (%.0f s left)",
-                    self._credentials.client_id, endpoint, cached.expires_at - self._clock(),
+                    self._credentials.client_id,
+                    endpoint,
+                    cached.expires_at - self._clock(),
                 )
                 return cached
             raise
@@ -805,19 +839,33 @@ class TokenProvider:
         reply = await self._exchange("POST", endpoint, data=form, headers=headers)
         try:
             issued = parse_token_response(
-                reply.status, reply.body, obtained_at=obtained_at,
-                default_lifetime=self._default_lifetime, token_endpoint=endpoint,
+                reply.status,
+                reply.body,
+                obtained_at=obtained_at,
+                default_lifetime=self._default_lifetime,
+                token_endpoint=endpoint,
             )
         except TokenRequestRejected as exc:
-            log.error("token request for client %s at %s refused: HTTP %s %s %s",
-                      client_id, endpoint, exc.status, exc.error or "", exc.description or "")
+            log.error(
+                "token request for client %s at %s refused: HTTP %s %s %s",
+                client_id,
+                endpoint,
+                exc.status,
+                exc.error or "",
+                exc.description or "",
+            )
             raise
         except TokenResponseError as exc:
             log.error("token request for client %s at %s: %s", client_id, endpoint, exc)
             raise
         self._cache[key] = issued
-        log.info("token for client %s at %s (resource %s): expires in %.0f s",
-                 client_id, endpoint, resource or "-", issued.expires_in)
+        log.info(
+            "token for client %s at %s (resource %s): expires in %.0f s",
+            client_id,
+            endpoint,
+            resource or "-",
+            issued.expires_in,
+        )
         return issued
 
     async def _exchange(self, method: str, url: str, **kwargs: Any) -> _Reply:
@@ -833,30 +881,43 @@ class TokenProvider:
             retry_after = None
             self.requests += 1
             try:
-                async with client.stream(method, url, timeout=self._timeout, follow_redirects=False,
-                                         **kwargs) as response:
+                async with client.stream(
+                    method, url, timeout=self._timeout, follow_redirects=False, **kwargs
+                ) as response:
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) > _MAX_BODY:
-                            raise TokenResponseError(f"answer from {url} exceeds {_MAX_BODY} bytes",
-                                                     token_endpoint=url, status=response.status_code)
+                            raise TokenResponseError(
+                                f"answer from {url} exceeds {_MAX_BODY} bytes",
+                                token_endpoint=url,
+                                status=response.status_code,
+                            )
                     status = response.status_code
                     if status < 500:
-                        return _Reply(status, bytes(body), None)
+                        return _Reply(status, bytes(body))
                     last, last_status = f"HTTP {status}", status
                     retry_after = _retry_after(response.headers.get("retry-after"))
             except httpx.TransportError as exc:
                 last, last_status = type(exc).__name__, None
                 if _tls_verification_failed(exc):
-                    raise TokenEndpointUnreachable(f"{url}: server certificate not trusted",
-                                                   token_endpoint=url) from exc
-            log.warning("%s %s for client %s: %s (attempt %d of %d)",
-                        method, url, self._credentials.client_id, last, attempt, self._retry.attempts)
+                    raise TokenEndpointUnreachable(
+                        f"{url}: server certificate not trusted", token_endpoint=url
+                    ) from exc
+            log.warning(
+                "%s %s for client %s: %s (attempt %d of %d)",
+                method,
+                url,
+                self._credentials.client_id,
+                last,
+                attempt,
+                self._retry.attempts,
+            )
             if attempt < self._retry.attempts:
                 await self._sleep(backoff_delay(self._retry, attempt, self._jitter(), retry_after))
-        raise TokenEndpointUnreachable(f"{url}: {last} after {self._retry.attempts} attempts",
-                                       token_endpoint=url, status=last_status)
+        raise TokenEndpointUnreachable(
+            f"{url}: {last} after {self._retry.attempts} attempts", token_endpoint=url, status=last_status
+        )
 
     async def _discover(self) -> str:
         issuer = self._credentials.issuer
@@ -866,7 +927,9 @@ class TokenProvider:
             reply = await self._exchange("GET", url, headers={"Accept": "application/json"})
             doc = _json_object(reply.body) if reply.status == 200 else None
             if doc is None:
-                problems.append(f"{url}: HTTP {reply.status}" + (" not a JSON object" if reply.status == 200 else ""))
+                problems.append(
+                    f"{url}: HTTP {reply.status}" + (" not a JSON object" if reply.status == 200 else "")
+                )
                 continue
             # RFC 8414 §3.3 / OIDC Discovery §4.3: the document must name the issuer we asked.
             if str(doc.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):

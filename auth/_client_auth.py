@@ -67,9 +67,7 @@ def bearer_flow(request: _Req) -> Generator[_Req | NeedToken, Any, None]:
     yield request
 
 
-async def _drive(
-    request: _Req, source: TokenSource, resource: str | None
-) -> AsyncGenerator[_Req, Any]:
+async def _drive(request: _Req, source: TokenSource, resource: str | None) -> AsyncGenerator[_Req, Any]:
     """Run `bearer_flow`, answering its token instructions from ``source``."""
     await request.aread()  # a retried request must be re-sendable, so its body is buffered
     flow = bearer_flow(request)

@@ -96,6 +96,7 @@ class ToolPermissionGate:
         ):
             await self.app(scope, receive, send)
             return
+        started = self._clock()
         try:
             body = await self._read_body(scope, receive)
         except BodyTooLarge:
@@ -105,11 +106,12 @@ class ToolPermissionGate:
         required = frozenset().union(*(self._registry.required(n, self._aliases) for n in names)) if names else frozenset()
         missing = missing_permissions(token.permissions, required)
         if missing:
-            tool = ",".join(n for n in names if n)
+            tool = ",".join(dict.fromkeys(n for n in names if n))  # Mcp-Name repeats the body name
             audit.info(
                 "tool call denied",
                 extra={"audit": {"client_id": token.client_id, "tool": tool, "decision": "denied",
-                                 "missing": sorted(missing), "status": 403}},
+                                 "missing": sorted(missing), "status": 403,
+                                 "duration_ms": round((self._clock() - started) * 1000, 2)}},
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
             await send_auth_error(send, exc, resource_metadata=self._metadata_url)
@@ -124,7 +126,7 @@ class ToolPermissionGate:
                 names.append(decoded if decoded is not None else "")
         try:
             message = json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
             return names  # the SDK answers malformed JSON itself; nothing is dispatched
         return names + tool_names(message)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ._binding import certificate_check as _binding_check
 from ._challenge import error_body, error_headers
 from ._context import bind_token, reset_token
 from ._errors import AuthError, InvalidToken, MissingToken
@@ -77,7 +78,8 @@ class BearerAuthMiddleware:
         settings: supplies the resource URL for ``resource_metadata`` in challenges.
         protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``).
         scopes: what basic use needs, named in the 401 challenge (unless configured).
-        certificate_check: optional RFC 8705 binding check; raises `InvalidToken` on mismatch.
+        certificate_check: RFC 8705 binding check raising `InvalidToken` on mismatch; by default
+            the one ``settings.cert_binding`` and ``settings.trust_forwarded_client_cert`` describe.
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class BearerAuthMiddleware:
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
-        self._certificate_check = certificate_check
+        self._certificate_check = certificate_check if certificate_check is not None else _binding_check(settings)
 
     def _protected(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self._protect)
