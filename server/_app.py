@@ -99,7 +99,9 @@ def create_app(
         ),
     )
     scopes = sorted(registry.all_permissions(settings.auth.permission_aliases))
-    gated = ToolPermissionGate(sdk_app, settings=settings.auth, registry=registry, max_body=settings.max_body_bytes)
+    gated = ToolPermissionGate(
+        _post_only(sdk_app), settings=settings.auth, registry=registry, max_body=settings.max_body_bytes
+    )
     protected = BearerAuthMiddleware(
         gated, verifier=token_verifier, settings=settings.auth, protect=[MCP_PATH], scopes=scopes
     )
@@ -126,6 +128,27 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     return _with_state(guard, mcp=mcp, store=store)
+
+
+def _post_only(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Answer GET and DELETE on the MCP endpoint with 405.
+
+    Stateless serving has no stream to resume and no session to end; the transport
+    specification allows 405 for both, and clients then stop reconnecting (the SDK's GET
+    stream in stateless mode is dropped at once, which sends mcp-remote into a loop).
+    """
+
+    async def post_only(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "DELETE"):
+            body = b'{"error":"method_not_allowed"}'
+            await send({"type": "http.response.start", "status": 405, "headers": [
+                (b"allow", b"POST"), (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return post_only
 
 
 def _with_state(app: Any, **state: Any) -> Any:
