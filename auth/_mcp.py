@@ -23,7 +23,7 @@ from ._scopes import REGISTRY, PermissionRegistry, missing_permissions
 from ._settings import AuthSettings
 from ._token import VerifiedToken
 
-__all__ = ["ToolPermissionGate", "filter_tools_middleware", "tool_names", "BodyTooLarge"]
+__all__ = ["ToolPermissionGate", "filter_tools_middleware", "tool_names", "BodyTooLarge", "FORBIDDEN"]
 
 audit = logging.getLogger("audit")
 
@@ -114,7 +114,7 @@ class ToolPermissionGate:
                                  "duration_ms": round((self._clock() - started) * 1000, 2)}},
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
-            await send_auth_error(send, exc, resource_metadata=self._metadata_url)
+            await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(body, exc))
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -145,6 +145,34 @@ class ToolPermissionGate:
             if not message.get("more_body", False):
                 break
         return bytes(chunks)
+
+
+FORBIDDEN = -32003
+"""JSON-RPC error code of a refused tool call (server-defined range, JSON-RPC 2.0 §5.1)."""
+
+
+def _jsonrpc_denial(body: bytes, exc: InsufficientScope) -> bytes | None:
+    """A JSON-RPC error answering the refused request, so MCP clients show why (None for batches).
+
+    The HTTP 403 and its ``WWW-Authenticate`` challenge stay as the MCP specification asks;
+    the body only replaces the SDK client's generic "Server returned an error response".
+    """
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or "id" not in message:
+        return None
+    scope = " ".join(sorted(exc.required))
+    return json.dumps({
+        "jsonrpc": "2.0",
+        "id": message["id"],
+        "error": {
+            "code": FORBIDDEN,
+            "message": f"insufficient_scope: this tool needs the permission {scope}",
+            "data": {"error": "insufficient_scope", "scope": scope, "status": 403},
+        },
+    }).encode()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

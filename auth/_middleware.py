@@ -48,7 +48,8 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b
         raise InvalidToken("Authorization header is not ASCII") from exc
     scheme, _, token = raw.strip().partition(" ")
     if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
-        raise InvalidToken(f"authorization scheme {scheme[:20]!r} is not Bearer")
+        # Without a space there is no scheme, only a credential: never log (part of) it.
+        raise InvalidToken(f"authorization scheme {scheme[:20]!r} is not Bearer" if token else "no scheme")
     token = token.strip()
     if not token or " " in token:
         raise InvalidToken("Bearer credentials are empty or malformed")
@@ -56,10 +57,15 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b
 
 
 async def send_auth_error(
-    send: Callable[..., Any], exc: AuthError, *, resource_metadata: str, scopes: Iterable[str] = ()
+    send: Callable[..., Any],
+    exc: AuthError,
+    *,
+    resource_metadata: str,
+    scopes: Iterable[str] = (),
+    body: bytes | None = None,
 ) -> None:
-    """Answer with ``exc``'s status, challenge and JSON body."""
-    body = error_body(exc)
+    """Answer with ``exc``'s status and challenge; the JSON body is ``body`` or the OAuth error object."""
+    body = body if body is not None else error_body(exc)
     headers = [(k.encode(), v.encode()) for k, v in error_headers(exc, resource_metadata=resource_metadata, scopes=scopes)]
     headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
