@@ -17,6 +17,13 @@ Deliberate differences from IAS, all for a single-server dev loop:
 * there is no authorization-code flow: discovery names ``authorization_endpoint`` because MCP
   clients parse RFC 8414 metadata that requires it, and that endpoint only answers an error.
 
+Clients authenticate with a secret (``client_secret_basic``/``client_secret_post``) or, when
+the server terminates mutual TLS and puts the peer certificate in the ASGI TLS extension
+(``server._tls``), with a registered certificate (``tls_client_auth``, RFC 8705 §2.1:
+``client_id`` in the body, no secret). As IAS does, every token requested over a connection
+that presented a client certificate is bound to it (``cnf.x5t#S256``, RFC 8705 §3.1), whichever
+way the client authenticated.
+
 Secrets and tokens are never logged.
 """
 
@@ -24,7 +31,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
+import shlex
 import logging
 import time
 import uuid
@@ -33,6 +42,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -40,6 +51,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+
+from auth import certificate_thumbprint
 
 __all__ = [
     "DEFAULT_CLIENTS",
@@ -65,13 +78,21 @@ TokenError = Literal[
 
 @dataclass(frozen=True, slots=True)
 class DevClient:
-    """A registered client: its secret and the API permission groups granted to it."""
+    """A registered client: its secret and the API permission groups granted to it.
 
-    secret: str
+    ``certificate_thumbprint`` (``base64url(SHA-256(DER))``, as `auth.certificate_thumbprint`
+    computes it) registers an X.509 client for ``tls_client_auth``; such a client may have no
+    secret (``DevClient(None, apis, certificate_thumbprint=...)``).
+    """
+
+    secret: str | None
     apis: tuple[str, ...] = ()
+    certificate_thumbprint: str | None = None
 
     def __repr__(self) -> str:  # keep the secret out of reprs, logs and tracebacks
-        return f"DevClient(secret='***', apis={self.apis!r})"
+        secret = "'***'" if self.secret is not None else "None"
+        thumbprint = self.certificate_thumbprint
+        return f"DevClient(secret={secret}, apis={self.apis!r}, certificate_thumbprint={thumbprint!r})"
 
 
 DEFAULT_CLIENTS: Mapping[str, DevClient] = {
@@ -102,7 +123,7 @@ class _TokenEndpointError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Authenticated:
-    """The outcome of client authentication; mTLS will fill ``certificate_thumbprint``."""
+    """The outcome of client authentication, with the thumbprint of the TLS client certificate if any."""
 
     client_id: str
     client: DevClient
@@ -120,7 +141,8 @@ class DevIssuer:
         resource_url: the server's RFC 8707 resource URL; defaults to ``<base_url>/mcp``.
         token_lifetime: seconds from ``iat`` to ``exp``.
         extra_clients: clients added to (or replacing) :data:`DEFAULT_CLIENTS`, as
-            ``{client_id: DevClient(secret, apis)}`` or ``{client_id: (secret, apis)}``.
+            ``{client_id: DevClient(secret, apis)}`` or ``{client_id: (secret, apis)}``; an X.509
+            client as ``DevClient(None, apis, certificate_thumbprint=...)``.
         app_tid: the tenant id put in every token; a fresh UUID by default.
         private_key: the signing key; a fresh RSA-2048 key by default.
         clock: seconds since the epoch, for ``iat``/``exp``.
@@ -159,8 +181,10 @@ class DevIssuer:
         self._clients: dict[str, DevClient] = dict(DEFAULT_CLIENTS)
         for client_id, spec in (extra_clients or {}).items():
             client = spec if isinstance(spec, DevClient) else DevClient(spec[0], tuple(spec[1]))
-            if not client_id or not client.secret:
-                raise ValueError(f"client {client_id!r} needs a non-empty id and secret")
+            if not client_id or not (client.secret or client.certificate_thumbprint):
+                raise ValueError(
+                    f"client {client_id!r} needs a non-empty id and a secret or a certificate thumbprint"
+                )
             self._clients[client_id] = client
 
         key = private_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -198,20 +222,35 @@ class DevIssuer:
     # --- documents -------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, object]:
-        """The OpenID discovery / RFC 8414 metadata document."""
-        return {
+        """The OpenID discovery / RFC 8414 metadata document.
+
+        Served over ``https``, the issuer also advertises ``tls_client_auth`` and certificate-bound
+        tokens (RFC 8705 §2.1.1, §3.3); over plain ``http`` neither is possible.
+        """
+        doc: dict[str, object] = {
             "issuer": self.issuer,
             # Not implemented (answers unsupported_response_type), but RFC 8414 §2 requires the
             # field and the MCP SDK's OAuthMetadata refuses documents without it.
             "authorization_endpoint": self.issuer + "/oauth2/authorize",
             "token_endpoint": self.token_endpoint,
             "jwks_uri": self.jwks_uri,
-            "response_types_supported": [],
+            # "code" as IAS advertises it: mcp-remote's --client-credentials builds an authorization
+            # URL (never visited) before it takes the client_credentials path, and refuses an
+            # issuer whose metadata lacks "code" ("Incompatible auth server").
+            "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "id_token_signing_alg_values_supported": ["RS256"],
         }
+        if self.base_url.startswith("https://"):
+            doc["token_endpoint_auth_methods_supported"] = [
+                "client_secret_basic",
+                "client_secret_post",
+                "tls_client_auth",
+            ]
+            doc["tls_client_certificate_bound_access_tokens"] = True
+        return doc
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public JSON Web Key Set served at :attr:`jwks_uri`."""
@@ -379,18 +418,28 @@ class DevIssuer:
             lifetime=self.token_lifetime,
         )
         token = self._sign(claims)
-        logger.info("dev issuer: issued token client_id=%r aud=%r jti=%s", who.client_id, audience, claims["jti"])
+        logger.info(
+            "dev issuer: issued token client_id=%r aud=%r jti=%s bound=%s",
+            who.client_id,
+            audience,
+            claims["jti"],
+            "yes" if who.certificate_thumbprint else "no",
+        )
         return JSONResponse(
             {"access_token": token, "token_type": "Bearer", "expires_in": self.token_lifetime},
             headers=_NO_STORE,
         )
 
     def _authenticate(self, request: Request, form: Mapping[str, str]) -> _Authenticated:
-        """client_secret_basic or client_secret_post (RFC 6749 §2.3.1), exactly one of them.
+        """Exactly one of client_secret_basic, client_secret_post (RFC 6749 §2.3.1) and
+        tls_client_auth (RFC 8705 §2.1: ``client_id`` in the body, the certificate on the connection).
+
+        A client certificate on the connection binds the token whichever method authenticated.
 
         Raises:
             _TokenEndpointError: invalid_client (401) or invalid_request.
         """
+        thumbprint = _presented_thumbprint(request)
         authorization = request.headers.get("authorization")
         if authorization is not None:
             client_id, secret = _parse_basic(authorization)
@@ -399,20 +448,50 @@ class DevIssuer:
                 raise _TokenEndpointError("invalid_request", "more than one client authentication method")
             if "client_id" in form and form["client_id"] != client_id:
                 raise _TokenEndpointError("invalid_request", "client_id does not match the credentials")
+            who = self._check_secret(client_id, secret)
         elif "client_id" in form and "client_secret" in form:
-            client_id, secret = form["client_id"], form["client_secret"]
+            who = self._check_secret(form["client_id"], form["client_secret"])
+        elif "client_id" in form and thumbprint is not None:
+            who = self._check_certificate(form["client_id"], thumbprint)
         else:
             raise _TokenEndpointError("invalid_client", "client authentication is required", 401)
-        return self._check_secret(client_id, secret)
+        return dataclasses.replace(who, certificate_thumbprint=thumbprint)
 
     def _check_secret(self, client_id: str, secret: str) -> _Authenticated:
         client = self._clients.get(client_id)
         # Compare even for an unknown client, so timing does not reveal which ids exist.
-        expected = client.secret if client else "\0no such client"
+        expected = client.secret if client and client.secret is not None else "\0no such client"
         matches = hmac.compare_digest(secret.encode(), expected.encode())
-        if client is None or not matches:
+        if client is None or client.secret is None or not matches:
             raise _TokenEndpointError("invalid_client", "client authentication failed", 401)
         return _Authenticated(client_id, client)
+
+    def _check_certificate(self, client_id: str, thumbprint: str) -> _Authenticated:
+        client = self._clients.get(client_id)
+        registered = client.certificate_thumbprint if client else None
+        matches = hmac.compare_digest(thumbprint.encode(), (registered or "\0no certificate").encode())
+        if client is None or registered is None or not matches:
+            raise _TokenEndpointError("invalid_client", "client authentication failed", 401)
+        return _Authenticated(client_id, client)
+
+
+def _presented_thumbprint(request: Request) -> str | None:
+    """``x5t#S256`` of the client certificate of the TLS connection (ASGI TLS extension), or None.
+
+    Only the server's own TLS layer is believed: the issuer never reads X-Forwarded-Client-Cert.
+
+    Raises:
+        _TokenEndpointError: invalid_client when the extension holds no readable certificate.
+    """
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or ()
+    if not chain:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(str(chain[0]).encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise _TokenEndpointError("invalid_client", "the client certificate cannot be read", 401) from None
+    return certificate_thumbprint(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def _checked_base_url(base_url: str) -> str:
@@ -468,23 +547,64 @@ async def _read_form(request: Request) -> dict[str, str]:
     return form
 
 
-def startup_banner(base_url: str, resource_url: str, *, mount_path: str = DEFAULT_MOUNT_PATH) -> str:
+def startup_banner(
+    base_url: str,
+    resource_url: str,
+    *,
+    mount_path: str = DEFAULT_MOUNT_PATH,
+    ca_file: str | None = None,
+    client_cert_file: str | None = None,
+    client_key_file: str | None = None,
+    x509_client_id: str | None = None,
+) -> str:
     """The "what to do next" text for ``--dev``: fetch a token, then call a tool with it.
 
+    With ``ca_file`` (``--dev --mtls``) every curl trusts the dev CA, and with the client
+    certificate files the X.509 flow is shown too: a token over mutual TLS
+    (``tls_client_auth``), bound to the certificate, then the MCP call with the same certificate.
     The secret shown is the fixed, public ``dev-read`` credential, not a real one.
     """
     token_endpoint = base_url.rstrip("/") + mount_path + "/oauth2/token"
     call = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_notes","arguments":{}}}'
-    return "\n".join(
-        [
-            f"Dev issuer (IAS look-alike): {base_url.rstrip('/')}{mount_path}",
-            "Clients: dev-full (read+write), dev-read (read). Get a token and call a tool:",
+    cacert = f" --cacert {shlex.quote(ca_file)}" if ca_file else ""
+    extract = "    | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+    mcp_call = [
+        "    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\",
+        f"    -H 'MCP-Protocol-Version: {MCP_PROTOCOL_VERSION}' \\",
+        f"    -d '{call}'",
+    ]
+    lines = [
+        f"Dev issuer (IAS look-alike): {base_url.rstrip('/')}{mount_path}",
+        "Clients: dev-full (read+write), dev-read (read)"
+        + (f", {x509_client_id} (read+write, X.509 certificate)" if x509_client_id else "")
+        + ". Get a token and call a tool:",
+        "",
+        f"  TOKEN=$(curl -s{cacert} -u dev-read:dev-read-secret -d grant_type=client_credentials"
+        f" {token_endpoint} \\",
+        extract,
+        f"  curl -s{cacert} {resource_url} -H \"Authorization: Bearer $TOKEN\" \\",
+        *mcp_call,
+    ]
+    if ca_file and client_cert_file and client_key_file and x509_client_id:
+        cert = f"--cert {shlex.quote(client_cert_file)} --key {shlex.quote(client_key_file)}"
+        lines += [
             "",
-            f"  TOKEN=$(curl -s -u dev-read:dev-read-secret -d grant_type=client_credentials {token_endpoint} \\",
-            "    | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-            f"  curl -s {resource_url} -H \"Authorization: Bearer $TOKEN\" \\",
-            "    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\",
-            f"    -H 'MCP-Protocol-Version: {MCP_PROTOCOL_VERSION}' \\",
-            f"    -d '{call}'",
+            "Mutual TLS (client certificates optional; a token fetched with one is bound to it,"
+            " cnf.x5t#S256):",
+            f"  CA certificate:      {ca_file}",
+            f"  client certificate:  {client_cert_file}  ({x509_client_id})",
+            f"  client key:          {client_key_file}",
+            "",
+            f"  TOKEN=$(curl -s{cacert} {cert} \\",
+            f"    -d grant_type=client_credentials -d client_id={x509_client_id} {token_endpoint} \\",
+            extract,
+            f"  curl -s{cacert} {cert} {resource_url} -H \"Authorization: Bearer $TOKEN\" \\",
+            *mcp_call,
+            "",
+            "  # or the same with the CLI:",
+            f"  MCP_CLIENT_ID={x509_client_id} MCP_CLIENT_CERT={shlex.quote(client_cert_file)}"
+            f" MCP_CLIENT_KEY={shlex.quote(client_key_file)} \\",
+            f"  MCP_ISSUER={base_url.rstrip('/')}{mount_path}"
+            f" python -m auth tools call {resource_url} whoami --ca-bundle {shlex.quote(ca_file)}",
         ]
-    )
+    return "\n".join(lines)

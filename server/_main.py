@@ -1,4 +1,11 @@
-"""``python -m server [--dev]``: the only place that reads ``os.environ``."""
+"""``python -m server [--dev [--mtls]]``: the only place that reads ``os.environ``.
+
+``--dev --mtls`` serves everything over HTTPS on the one port, with optional client
+certificates: a CA, a server certificate and the ``dev-x509`` client certificate are generated
+at start into ``MCP_DEV_CERTS_DIR`` (default ``data/dev-certs``), the dev issuer authenticates
+``dev-x509`` by its certificate (``tls_client_auth``) and binds tokens to the presented
+certificate, and the server checks certificate-bound tokens (``cert_binding="if-bound"``).
+"""
 
 from __future__ import annotations
 
@@ -8,33 +15,77 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 
-from auth import AuthSettings, ConfigError, IssuerConfig
+from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
+from auth._settings import CertBinding
 
 from ._app import create_app
-from ._dev_issuer import DevIssuer, startup_banner
+from ._dev_issuer import DevClient, DevIssuer, startup_banner
+from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
+from ._tls import check_tls_files, uvicorn_tls_options
 
 __all__ = ["main", "dev_settings"]
 
 log = logging.getLogger("server")
 
 
-def dev_settings(env: Mapping[str, str], base_url: str, issuer: DevIssuer) -> ServerSettings:
+DEV_X509_APIS = ("api_read_access", "api_write_access")
+
+
+def dev_settings(
+    env: Mapping[str, str], base_url: str, issuer: DevIssuer, *, cert_binding: CertBinding = "off"
+) -> ServerSettings:
     """Settings for dev mode: trust only the embedded issuer, serve at ``base_url``."""
     resource_url = base_url + MCP_PATH
     auth = AuthSettings(
         issuers=(IssuerConfig(issuer=issuer.issuer, audiences=(issuer.server_client_id, resource_url)),),
         resource_url=resource_url,
         resource_name="Notes MCP server (dev)",
+        cert_binding=cert_binding,
     )
     return load_server_settings(env, auth=auth, dev=True)
+
+
+def dev_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
+    """A verifying client context that trusts only the dev CA (for the server's own JWKS fetches)."""
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def dev_jwks_client(ca_file: str | Path, timeout: float) -> httpx.AsyncClient:
+    """The verifier's HTTP client under ``--dev --mtls``: it fetches the keys from this very server.
+
+    No keep-alive: an idle TLS connection from the server to itself would hold up shutdown
+    (uvicorn waits for the peer's close_notify, which nobody reads), and key fetches are rare.
+    """
+    return httpx.AsyncClient(
+        verify=dev_ssl_context(ca_file),
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_keepalive_connections=0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def _tls_options(settings: ServerSettings) -> dict[str, Any]:
+    """uvicorn TLS options for ``MCP_TLS_*``, after loading the files once as uvicorn will."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return {}
+    fault = check_tls_files(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    if fault is not None:
+        name = {"cert": "MCP_TLS_CERT", "key": "MCP_TLS_KEY", "ca": "MCP_TLS_CLIENT_CA"}[fault]
+        raise ConfigError(name, "OpenSSL cannot load it (or the key does not match the certificate)")
+    return uvicorn_tls_options(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -50,25 +101,59 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """Start the server; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m server", description="Notes MCP server protected by OAuth")
     parser.add_argument("--dev", action="store_true", help="start with the embedded local issuer (no IAS tenant needed)")
+    parser.add_argument(
+        "--mtls",
+        action="store_true",
+        help="with --dev: serve HTTPS with optional client certificates (generated into MCP_DEV_CERTS_DIR, "
+        f"default {DEV_CERTS_DIR}) and certificate-bound tokens",
+    )
     args = parser.parse_args(argv)
+    if args.mtls and not args.dev:
+        parser.error("--mtls needs --dev (in production set MCP_TLS_CERT, MCP_TLS_KEY and MCP_TLS_CLIENT_CA)")
     env = os.environ if env is None else env
+    certs: DevCerts | None = None
+    verifier: JWTVerifier | None = None
+    tls: dict[str, Any] = {}
     try:
         if args.dev:
             if env.get("VCAP_APPLICATION"):
                 raise ConfigError("--dev", "refuses to run on Cloud Foundry (VCAP_APPLICATION is set)")
+            for name in ("MCP_TLS_CERT", "MCP_TLS_KEY", "MCP_TLS_CLIENT_CA"):
+                if env.get(name, "").strip():
+                    raise ConfigError(
+                        name, "is not used with --dev (--dev --mtls generates its own certificates)"
+                    )
             host = env.get("HOST", "").strip() or "127.0.0.1"
             if not is_loopback_host(host):
                 raise ConfigError("HOST", f"--dev binds only to a loopback address, got {host!r}")
             preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True)
+            if args.mtls:
+                certs_dir = Path(env.get("MCP_DEV_CERTS_DIR", "").strip() or DEV_CERTS_DIR)
+                try:
+                    certs = generate_dev_certs(certs_dir)
+                except OSError as exc:
+                    problem = f"cannot write {str(certs_dir)!r}: {exc.strerror}"
+                    raise ConfigError("MCP_DEV_CERTS_DIR", problem) from None
             sock = _bind(host, preliminary.port)
             url_host = f"[{host.strip('[]')}]" if ":" in host else host
-            base_url = f"http://{url_host}:{sock.getsockname()[1]}"
-            issuer = DevIssuer(base_url)
-            settings = dev_settings({**env, "HOST": host, "PORT": str(sock.getsockname()[1])}, base_url, issuer)
+            base_url = f"{'https' if certs else 'http'}://{url_host}:{sock.getsockname()[1]}"
+            dev_env = {**env, "HOST": host, "PORT": str(sock.getsockname()[1])}
+            if certs is None:
+                issuer = DevIssuer(base_url)
+                settings = dev_settings(dev_env, base_url, issuer)
+            else:
+                x509_client = DevClient(None, DEV_X509_APIS, certificate_thumbprint=certs.client_thumbprint)
+                issuer = DevIssuer(base_url, extra_clients={certs.client_id: x509_client})
+                settings = dev_settings(dev_env, base_url, issuer, cert_binding="if-bound")
+                jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
+                verifier = JWTVerifier(settings.auth, client=jwks_client)
+                tls = uvicorn_tls_options(certs.server_cert, certs.server_key, certs.ca)
             configure_logging(settings.log_level)
-            app = create_app(settings, extra_routes=[*issuer.well_known_routes(), issuer.mount()])
+            routes = [*issuer.well_known_routes(), issuer.mount()]
+            app = create_app(settings, verifier=verifier, extra_routes=routes)
         else:
             settings = load_server_settings(env)
+            tls = _tls_options(settings)
             configure_logging(settings.log_level)
             sock = _bind(settings.host, settings.port)
             app = create_app(settings)
@@ -79,15 +164,25 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 2
     if settings.dev:
-        print(startup_banner(base_url, settings.auth.resource_url), file=sys.stderr, flush=True)
-    log.info("listening on %s:%d", settings.host, sock.getsockname()[1])
+        banner: dict[str, Any] = {}
+        if certs is not None:
+            banner = {
+                "ca_file": str(certs.ca.resolve()),
+                "client_cert_file": str(certs.client_cert.resolve()),
+                "client_key_file": str(certs.client_key.resolve()),
+                "x509_client_id": certs.client_id,
+            }
+        print(startup_banner(base_url, settings.auth.resource_url, **banner), file=sys.stderr, flush=True)
+    log.info("listening on %s:%d%s", settings.host, sock.getsockname()[1], " (TLS)" if tls else "")
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,  # the audit line per tool call is the access log that matters
         timeout_graceful_shutdown=8,  # Cloud Foundry allows ~10 s after SIGTERM
         lifespan="on",
+        **tls,
     )
+    # The dev verifier's HTTP client is not closed: its connections end with the process.
     _GracefulServer(config).run(sockets=[sock])
     return 0
 

@@ -29,6 +29,9 @@ class ServerSettings:
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     dev: bool = False
+    tls_cert_file: Path | None = None  # serve HTTPS with this certificate (MCP_TLS_CERT)
+    tls_key_file: Path | None = None  # and this key (MCP_TLS_KEY)
+    tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -102,6 +105,7 @@ def load_server_settings(env: Mapping[str, str], *, auth: AuthSettings | None = 
     level = env.get("MCP_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("MCP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    tls_cert, tls_key, tls_client_ca = _tls_files(env)
     return ServerSettings(
         auth=auth_settings,
         host=host,
@@ -112,4 +116,26 @@ def load_server_settings(env: Mapping[str, str], *, auth: AuthSettings | None = 
         max_body_bytes=int(raw_body) if raw_body else 1024 * 1024,
         log_level=level,
         dev=dev,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_client_ca,
     )
+
+
+def _tls_files(env: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | None]:
+    """``MCP_TLS_CERT`` and ``MCP_TLS_KEY`` (both or neither), ``MCP_TLS_CLIENT_CA`` (needs both)."""
+    paths: dict[str, Path | None] = {}
+    for name in ("MCP_TLS_CERT", "MCP_TLS_KEY", "MCP_TLS_CLIENT_CA"):
+        raw = env.get(name, "").strip()
+        paths[name] = Path(raw) if raw else None
+    cert, key, ca = paths["MCP_TLS_CERT"], paths["MCP_TLS_KEY"], paths["MCP_TLS_CLIENT_CA"]
+    if cert is not None and key is None:
+        raise ConfigError("MCP_TLS_KEY", "is required when MCP_TLS_CERT is set")
+    if key is not None and cert is None:
+        raise ConfigError("MCP_TLS_CERT", "is required when MCP_TLS_KEY is set")
+    if ca is not None and cert is None:
+        raise ConfigError("MCP_TLS_CLIENT_CA", "needs MCP_TLS_CERT and MCP_TLS_KEY (the server terminates TLS)")
+    for name, path in paths.items():
+        if path is not None and not path.is_file():
+            raise ConfigError(name, f"no such file: {str(path)!r}")
+    return cert, key, ca
