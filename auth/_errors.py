@@ -7,7 +7,6 @@ the stable code and a short fixed description; ``reason`` is for the log.
     AuthError
      ├── MissingToken        401, no error code (RFC 6750 §3.1)
      ├── InvalidToken        401 invalid_token
-     ├── InvalidRequest      400 invalid_request (RFC 6750 §3.1: e.g. two Authorization headers)
      ├── InsufficientScope   403 insufficient_scope, carries the permissions needed
      └── KeysUnavailable     503 with Retry-After: our outage, not the client's fault
 """
@@ -20,13 +19,12 @@ __all__ = [
     "AuthError",
     "MissingToken",
     "InvalidToken",
-    "InvalidRequest",
     "InsufficientScope",
     "KeysUnavailable",
     "ConfigError",
 ]
 
-ErrorCode = Literal["invalid_token", "invalid_request", "insufficient_scope"]
+ErrorCode = Literal["invalid_token", "insufficient_scope"]
 
 
 class AuthError(Exception):
@@ -54,14 +52,6 @@ class InvalidToken(AuthError):
 
     error = "invalid_token"
     description = "The access token is invalid or expired"
-
-
-class InvalidRequest(AuthError):
-    """The request carries credentials in a way RFC 6750 §2 forbids."""
-
-    status = 400
-    error = "invalid_request"
-    description = "Malformed authorization request"
 
 
 class InsufficientScope(AuthError):

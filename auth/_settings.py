@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ._errors import ConfigError
 from ._jws import SUPPORTED_ALGORITHMS
@@ -75,7 +75,7 @@ class AuthSettings:
         for iss in self.issuers:
             check_issuer_url(iss.issuer, "MCP_AUTH_ISSUER")
             if iss.jwks_uri is not None:
-                check_issuer_url(iss.jwks_uri, "MCP_AUTH_JWKS_URI")
+                check_issuer_url(iss.jwks_uri, "MCP_AUTH_JWKS_URI", allow_query=True)
             if not iss.audiences:
                 raise ConfigError("MCP_AUTH_AUDIENCE", f"no accepted audience for issuer {iss.issuer}")
         check_issuer_url(self.resource_url, "MCP_RESOURCE_URL")
@@ -104,8 +104,10 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def check_issuer_url(url: str, setting: str) -> str:
+def check_issuer_url(url: str, setting: str, *, allow_query: bool = False) -> str:
     """Require an absolute https URL without query, fragment or userinfo (http only on loopback).
+
+    ``allow_query`` admits a query for key-set URLs (XSUAA's ``token_keys?zid=…``), never for issuers.
 
     Raises:
         ConfigError: naming ``setting``.
@@ -119,7 +121,7 @@ def check_issuer_url(url: str, setting: str) -> str:
         raise ConfigError(setting, f"must be an absolute https URL, got {url!r}")
     if parts.scheme == "http" and not is_loopback_url(url):
         raise ConfigError(setting, f"must use https (http is allowed only on loopback), got {url!r}")
-    if parts.query or parts.fragment or parts.username or parts.password:
+    if (parts.query and not allow_query) or parts.fragment or parts.username or parts.password:
         raise ConfigError(setting, f"must not have a query, fragment or userinfo: {url!r}")
     if any(c.isspace() for c in url):
         raise ConfigError(setting, f"must not contain whitespace: {url!r}")
@@ -189,6 +191,9 @@ def _issuer_from_json(item: object, index: int) -> IssuerConfig:
         raise ConfigError(setting, "'audiences' must be a list of strings")
     if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
         raise ConfigError(setting, "'domains' must be a list of strings")
+    for name in ("jwks_uri", "xsappname", "client_id", "app_tid"):
+        if item.get(name) is not None and not isinstance(item[name], str):
+            raise ConfigError(setting, f"'{name}' must be a string")
     return IssuerConfig(
         issuer=item["issuer"],  # exact: Entra v1 issuers end in '/', others must not gain one
         audiences=tuple(audiences),
@@ -210,6 +215,8 @@ def _resource_url(env: Mapping[str, str], resource_path: str) -> str:
             uris = json.loads(raw_app).get("application_uris") or []
         except (ValueError, AttributeError) as exc:
             raise ConfigError("VCAP_APPLICATION", "is not a JSON object") from exc
+        if not isinstance(uris, list) or not all(isinstance(u, str) and u for u in uris):
+            raise ConfigError("VCAP_APPLICATION", "application_uris must be a list of host names")
         if uris:
             return f"https://{uris[0]}{resource_path}"
     raise ConfigError("MCP_RESOURCE_URL", "public URL of the MCP endpoint is required (e.g. https://host/mcp)")
@@ -274,12 +281,14 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
     xsuaa = _vcap_binding(vcap, "xsuaa")
     if xsuaa and isinstance(xsuaa.get("url"), str) and isinstance(xsuaa.get("uaadomain"), str):
         xs_aud = tuple(a for a in (xsuaa.get("clientid"), xsuaa.get("xsappname")) if isinstance(a, str))
+        zid = xsuaa.get("zoneid")
+        keys_query = f"?zid={quote(zid, safe='')}" if isinstance(zid, str) and zid else ""  # ias.md: per zone
         issuers.append(
             IssuerConfig(
                 issuer=f"{xsuaa['url'].rstrip('/')}/oauth/token",
                 audiences=xs_aud,
                 profile="xsuaa",
-                jwks_uri=f"https://{xsuaa['uaadomain']}/token_keys",
+                jwks_uri=f"https://{xsuaa['uaadomain']}/token_keys{keys_query}",
                 xsappname=xsuaa.get("xsappname"),
                 client_id=xsuaa.get("clientid"),
             )

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import httpx
 
 from ._claims import check_claims, check_times, match_issuer
-from ._errors import InvalidToken
+from ._errors import InvalidToken, KeysUnavailable
 from ._jwks import JWKSCache
 from ._jws import parse_jws, verify_signature
 from ._settings import AuthSettings, IssuerConfig
@@ -28,11 +29,23 @@ __all__ = ["TokenVerifier", "JWTVerifier"]
 log = logging.getLogger("auth.verifier")
 
 _MAX_TENANT_ISSUERS = 64  # multi-tenant IAS: key caches kept for this many tenants at most
+_NEW_TENANTS_PER_COOLDOWN = 8  # ...and at most this many new ones per key cool-down
 
 
 @runtime_checkable
 class TokenVerifier(Protocol):
     """Anything that turns a bearer token into a `VerifiedToken` or raises an `AuthError`."""
+
+    def _admit_tenant(self) -> None:
+        # The tenant issuer comes from a token not yet verified: forged tokens naming ever new
+        # labels under a trusted domain must not turn into a stream of discovery requests.
+        now = self._monotonic()
+        window = self._settings.jwks_refresh_cooldown_s
+        while self._tenant_births and now - self._tenant_births[0] >= window:
+            self._tenant_births.popleft()
+        if len(self._tenant_births) >= _NEW_TENANTS_PER_COOLDOWN:
+            raise KeysUnavailable("too many new tenant issuers at once", retry_after=max(1, math.ceil(window)))
+        self._tenant_births.append(now)
 
     async def verify(self, token: str) -> VerifiedToken: ...
 
@@ -65,6 +78,7 @@ class JWTVerifier:
         self._monotonic = monotonic
         self._keys: OrderedDict[str, JWKSCache] = OrderedDict()
         self._cache: OrderedDict[bytes, tuple[VerifiedToken, JWKSCache, str]] = OrderedDict()
+        self._tenant_births: deque[float] = deque()
         self.cache_hits = 0
 
     async def aclose(self) -> None:
@@ -76,6 +90,8 @@ class JWTVerifier:
         """The key cache for ``issuer`` (one per issuer; multi-tenant ones bounded in number)."""
         cache = self._keys.get(issuer)
         if cache is None:
+            if issuer != config.issuer:
+                self._admit_tenant()
             headers = {}
             if config.profile == "ias":  # as SAP's libraries do, but from configuration only
                 headers = {
@@ -101,12 +117,24 @@ class JWTVerifier:
             self._keys.move_to_end(issuer)
         return cache
 
+    def _admit_tenant(self) -> None:
+        # The tenant issuer comes from a token not yet verified: forged tokens naming ever new
+        # labels under a trusted domain must not turn into a stream of discovery requests.
+        now = self._monotonic()
+        window = self._settings.jwks_refresh_cooldown_s
+        while self._tenant_births and now - self._tenant_births[0] >= window:
+            self._tenant_births.popleft()
+        if len(self._tenant_births) >= _NEW_TENANTS_PER_COOLDOWN:
+            raise KeysUnavailable("too many new tenant issuers at once", retry_after=max(1, math.ceil(window)))
+        self._tenant_births.append(now)
+
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
 
         Raises:
             InvalidToken: for every defect of the token.
-            KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault).
+            KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault), or
+                too many unknown tenants of a multi-tenant issuer arrived at once.
         """
         s = self._settings
         now = self._clock()

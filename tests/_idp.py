@@ -39,6 +39,7 @@ class IdP:
     discovery_fetches: int = 0
     jwks_fetches: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
+    discovery_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"issuer": "https://other"}
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -57,6 +58,16 @@ class IdP:
         new = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
         self.keys[:] = [new]
         return new
+
+    def reset(self, keys: list[RSAKey | ECKey] | None = None) -> None:
+        """Back to a healthy IdP with zeroed counters (lets one server serve many tests)."""
+        with self.lock:
+            self.mode, self.delay = "ok", 0.0
+            self.discovery_fetches = self.jwks_fetches = 0
+            self.last_headers = {}
+            self.discovery_overrides.clear()
+            if keys is not None:
+                self.keys[:] = keys
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
         """IAS client-credentials claims (ias.md) for audience ``mcp-client``."""
@@ -93,7 +104,7 @@ class IdP:
                 "jwks_uri": f"{self.issuer}/oauth2/certs",
                 "token_endpoint": f"{self.issuer}/oauth2/token",
                 "id_token_signing_alg_values_supported": ["RS256"],
-            })
+            } | self.discovery_overrides)
 
         async def certs(request: Request) -> Response:
             with self.lock:

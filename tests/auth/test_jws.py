@@ -1,0 +1,174 @@
+"""Pure tables against `parse_jws`, `verify_signature` and `parse_jwks`.
+
+The cases are those of attacks.md, "Signature and header" and "Malformed".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from auth import InvalidToken
+from auth._jws import parse_jwks, parse_jws, verify_signature
+
+from ._cases import (
+    EC_KEY,
+    HEADER_CASES,
+    KEY,
+    KID,
+    KID_CASES,
+    MALFORMED_CASES,
+    OTHER_KEY,
+    SIGNATURE_CASES,
+    Case,
+    Ctx,
+    b64,
+    compact,
+    public_jwk,
+    public_pem,
+)
+
+NOW = 1_800_000_000
+CTX = Ctx(issuer="https://tenant.accounts.ondemand.com", now=NOW)
+RS256 = frozenset({"RS256"})
+PUBLISHED = parse_jwks({"keys": [public_jwk(KEY, use="sig", alg="RS256")]})
+
+
+def _ids(case: Case) -> str:
+    return case.name
+
+
+def test_well_formed_token_parses_and_verifies() -> None:
+    jws = parse_jws(CTX.good(), algorithms=RS256)
+    verify_signature(jws, PUBLISHED[KID])
+    assert (jws.alg, jws.kid, jws.claims["iss"]) == ("RS256", KID, CTX.issuer)
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "application/at+jwt", None])
+def test_accepted_typ_values_parse(typ: str | None) -> None:
+    assert parse_jws(CTX.token(CTX.header(typ=typ)), algorithms=RS256).kid == KID
+
+
+@pytest.mark.parametrize("case", [c for c in HEADER_CASES + MALFORMED_CASES if c.layer == "parse"], ids=_ids)
+def test_parse_jws_rejects_forbidden_or_malformed_token(case: Case) -> None:
+    with pytest.raises(InvalidToken):
+        parse_jws(case.build(CTX), algorithms=RS256)
+
+
+@pytest.mark.parametrize("case", SIGNATURE_CASES, ids=_ids)
+def test_tampered_or_foreign_signature_parses_but_fails_verification(case: Case) -> None:
+    jws = parse_jws(case.build(CTX), algorithms=RS256)
+    with pytest.raises(InvalidToken):
+        verify_signature(jws, PUBLISHED[jws.kid])
+
+
+@pytest.mark.parametrize("case", KID_CASES, ids=_ids)
+def test_odd_kid_is_only_a_lookup_key_that_names_no_published_key(case: Case) -> None:
+    jws = parse_jws(case.build(CTX), algorithms=RS256)
+    assert jws.kid not in PUBLISHED
+
+
+def test_token_longer_than_the_cap_is_rejected_before_decoding() -> None:
+    token = CTX.good()
+    with pytest.raises(InvalidToken):
+        parse_jws(token, algorithms=RS256, max_bytes=len(token) - 1)
+    assert parse_jws(token, algorithms=RS256, max_bytes=len(token)).kid == KID
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+@pytest.mark.parametrize("secret", ["pem", "jwk"])
+def test_hmac_token_keyed_with_rsa_public_key_fails_even_if_hs_were_allowed(alg: str, secret: str) -> None:
+    # Defence in depth: even a misconfigured allow-list cannot turn the RSA key into an HMAC secret.
+    key = public_pem(KEY) if secret == "pem" else json.dumps(public_jwk(KEY, alg="RS256")).encode()
+    jws = parse_jws(CTX.token(CTX.header(alg=alg), key=key), algorithms=frozenset({alg}))
+    with pytest.raises(InvalidToken):
+        verify_signature(jws, PUBLISHED[KID])
+
+
+EC_JWKS = parse_jwks({"keys": [
+    public_jwk(EC_KEY, kid="ec-1", use="sig", alg="ES256"),
+    public_jwk(ec.generate_private_key(ec.SECP384R1()), kid="ec-384"),
+    public_jwk(KEY, kid="rsa-384", alg="RS384"),
+    public_jwk(KEY, kid="rsa-any"),
+]})
+ALL_ALGS = frozenset({"RS256", "RS384", "PS256", "ES256"})
+
+
+@pytest.mark.parametrize(("alg", "kid", "signer"), [
+    ("RS256", "ec-1", KEY),          # EC key cannot verify RSA
+    ("ES256", "rsa-any", EC_KEY),    # RSA key cannot verify ECDSA
+    ("ES256", "ec-384", EC_KEY),     # P-384 key cannot verify ES256 (P-256)
+    ("RS256", "rsa-384", KEY),       # key pinned to RS384 cannot verify RS256
+    ("PS256", "rsa-384", KEY),
+], ids=["rs256_with_ec_key", "es256_with_rsa_key", "es256_with_p384_key", "rs256_with_rs384_key",
+        "ps256_with_rs384_key"])
+def test_key_whose_type_or_alg_does_not_fit_the_token_is_refused(alg: str, kid: str, signer: Any) -> None:
+    jws = parse_jws(CTX.token(CTX.header(alg=alg, kid=kid), key=signer), algorithms=ALL_ALGS)
+    with pytest.raises(InvalidToken):
+        verify_signature(jws, EC_JWKS[kid])
+
+
+def test_ecdsa_token_with_allowed_es256_and_ec_key_verifies() -> None:
+    token = CTX.token(CTX.header(alg="ES256", kid="ec-1"), key=EC_KEY)
+    jws = parse_jws(token, algorithms=frozenset({"ES256"}))
+    verify_signature(jws, EC_JWKS["ec-1"])
+    assert jws.alg == "ES256"
+
+
+@pytest.mark.parametrize("signature", [
+    bytes(64),                                   # r = s = 0: CVE-2022-21449 "psychic signature"
+    bytes(32) + (1).to_bytes(32, "big"),         # r = 0
+    (1).to_bytes(32, "big") + bytes(32),         # s = 0
+    bytes(63),                                   # wrong length
+    bytes(72),
+    ec.SECP256R1().key_size.to_bytes(32, "big") * 2,
+], ids=["r_s_zero", "r_zero", "s_zero", "short", "long", "small_values"])
+def test_ecdsa_degenerate_signature_is_rejected(signature: bytes) -> None:
+    token = compact(CTX.header(alg="ES256", kid="ec-1"), CTX.claims(), signature=signature)
+    jws = parse_jws(token, algorithms=frozenset({"ES256"}))
+    with pytest.raises(InvalidToken):
+        verify_signature(jws, EC_JWKS["ec-1"])
+
+
+# --- parse_jwks: a JWK whose kty/alg/use does not fit is skipped, the good keys stay ---------------
+
+WEAK = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+BAD_JWKS: dict[str, dict[str, Any]] = {
+    "use_enc": public_jwk(OTHER_KEY, kid="bad", use="enc"),
+    "alg_hs256": public_jwk(OTHER_KEY, kid="bad", alg="HS256"),
+    "alg_none": public_jwk(OTHER_KEY, kid="bad", alg="none"),
+    "alg_es256_on_rsa_key": public_jwk(OTHER_KEY, kid="bad", alg="ES256"),
+    "alg_rs256_on_ec_key": public_jwk(EC_KEY, kid="bad", alg="RS256"),
+    "kty_oct": {"kty": "oct", "k": b64(b"secret"), "kid": "bad", "alg": "HS256"},
+    "kty_unknown": public_jwk(OTHER_KEY, kid="bad") | {"kty": "OKP"},
+    "kty_missing": {k: v for k, v in public_jwk(OTHER_KEY, kid="bad").items() if k != "kty"},
+    "rsa_1024_bits": public_jwk(WEAK, kid="bad"),
+    "rsa_modulus_garbage": public_jwk(OTHER_KEY, kid="bad") | {"n": "!!!"},
+    "kid_missing": {k: v for k, v in public_jwk(OTHER_KEY, kid="bad").items() if k != "kid"},
+    "kid_number": public_jwk(OTHER_KEY, kid="bad") | {"kid": 7},
+    "kid_with_spaces": public_jwk(OTHER_KEY, kid="bad kid"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Key size should be")
+@pytest.mark.parametrize("bad", BAD_JWKS.values(), ids=BAD_JWKS.keys())
+def test_unfit_jwk_is_skipped_and_good_keys_survive(bad: dict[str, Any]) -> None:
+    keys = parse_jwks({"keys": [bad, public_jwk(KEY, use="sig", alg="RS256"), "not-a-key", None]})
+    assert set(keys) == {KID}
+
+
+def test_duplicate_kid_keeps_the_first_key_only() -> None:
+    keys = parse_jwks({"keys": [public_jwk(KEY), public_jwk(OTHER_KEY)]})
+    jws = parse_jws(CTX.token(key=OTHER_KEY), algorithms=RS256)
+    with pytest.raises(InvalidToken):
+        verify_signature(jws, keys[KID])
+
+
+@pytest.mark.parametrize("document", [None, [], "keys", {"keys": {}}, {"keys": "x"}, {"key": []}],
+                         ids=["null", "array", "string", "keys_object", "keys_string", "no_keys"])
+def test_document_that_is_not_a_jwks_raises_value_error(document: object) -> None:
+    with pytest.raises(ValueError):
+        parse_jwks(document)
