@@ -103,15 +103,24 @@ class ToolPermissionGate:
             await _plain(send, 413, b'{"error":"request_too_large"}')
             return
         names = self._names(scope, body)
-        required = frozenset().union(*(self._registry.required(n, self._aliases) for n in names)) if names else frozenset()
+        required = (
+            frozenset().union(*(self._registry.required(n, self._aliases) for n in names)) if names else frozenset()
+        )
         missing = missing_permissions(token.permissions, required)
         if missing:
             tool = ",".join(dict.fromkeys(n for n in names if n))  # Mcp-Name repeats the body name
             audit.info(
                 "tool call denied",
-                extra={"audit": {"client_id": token.client_id, "tool": tool, "decision": "denied",
-                                 "missing": sorted(missing), "status": 403,
-                                 "duration_ms": round((self._clock() - started) * 1000, 2)}},
+                extra={
+                    "audit": {
+                        "client_id": token.client_id,
+                        "tool": tool,
+                        "decision": "denied",
+                        "missing": sorted(missing),
+                        "status": 403,
+                        "duration_ms": round((self._clock() - started) * 1000, 2),
+                    }
+                },
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(body, exc))
@@ -164,15 +173,17 @@ def _jsonrpc_denial(body: bytes, exc: InsufficientScope) -> bytes | None:
     if not isinstance(message, dict) or "id" not in message:
         return None
     scope = " ".join(sorted(exc.required))
-    return json.dumps({
-        "jsonrpc": "2.0",
-        "id": message["id"],
-        "error": {
-            "code": FORBIDDEN,
-            "message": f"insufficient_scope: this tool needs the permission {scope}",
-            "data": {"error": "insufficient_scope", "scope": scope, "status": 403},
-        },
-    }).encode()
+    return json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "error": {
+                "code": FORBIDDEN,
+                "message": f"insufficient_scope: this tool needs the permission {scope}",
+                "data": {"error": "insufficient_scope", "scope": scope, "status": 403},
+            },
+        }
+    ).encode()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -189,8 +200,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _plain(send: Callable[..., Awaitable[None]], status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -211,11 +227,11 @@ def filter_tools_middleware(
         if isinstance(tools, list):
             as_dict = dict(as_dict)
             as_dict["tools"] = [
-                t for t in tools
-                if isinstance(t, dict) and not missing_permissions(granted, registry.required(t.get("name", ""), aliases))
+                t
+                for t in tools
+                if isinstance(t, dict)
+                and not missing_permissions(granted, registry.required(t.get("name", ""), aliases))
             ]
         return as_dict
 
     return middleware
-
-

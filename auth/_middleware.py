@@ -66,7 +66,9 @@ async def send_auth_error(
 ) -> None:
     """Answer with ``exc``'s status and challenge; the JSON body is ``body`` or the OAuth error object."""
     body = body if body is not None else error_body(exc)
-    headers = [(k.encode(), v.encode()) for k, v in error_headers(exc, resource_metadata=resource_metadata, scopes=scopes)]
+    headers = [
+        (k.encode(), v.encode()) for k, v in error_headers(exc, resource_metadata=resource_metadata, scopes=scopes)
+    ]
     headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -119,8 +121,14 @@ class BearerAuthMiddleware:
             token = await self.authenticate(scope)
         except AuthError as exc:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
-            log.log(level, "auth denied: status=%d error=%s reason=%s path=%s",
-                    exc.status, exc.error or "-", exc.reason, scope["path"])
+            log.log(
+                level,
+                "auth denied: status=%d error=%s reason=%s path=%s",
+                exc.status,
+                exc.error or "-",
+                exc.reason,
+                scope["path"],
+            )
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return

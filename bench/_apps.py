@@ -27,10 +27,11 @@ def bare() -> Any:
 
 def full() -> Any:
     """This project: Host/Origin guard, bearer auth, tool gate, audit, the same kind of tool."""
+    import logging
+
+    from server._app import create_app
     from server._dev_issuer import DevIssuer
     from server._main import dev_settings
-    from server._app import create_app
-    import logging
 
     base = os.environ["BENCH_BASE_URL"]
     issuer = DevIssuer(base)

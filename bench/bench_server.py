@@ -39,6 +39,7 @@ async def _load(url: str, headers: dict[str, str], clients: int, seconds: float)
     stop = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=10) as http:
+
         async def worker() -> None:
             nonlocal done, errors
             while time.monotonic() < stop:
@@ -47,13 +48,26 @@ async def _load(url: str, headers: dict[str, str], clients: int, seconds: float)
                     done += 1
                 else:
                     errors += 1
+
         await asyncio.gather(*(worker() for _ in range(clients)))
     return done, errors
 
 
 def _serve(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", f"bench._apps:{factory}", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        f"bench._apps:{factory}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -83,14 +97,19 @@ def main() -> None:
                 servers[name] = (_serve(name, port, {"BENCH_BASE_URL": base, "BENCH_DIR": tmp}), base)
             headers = {"bare": {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}}
             full_base = servers["full"][1]
-            token = httpx.post(f"{full_base}/dev-ias/oauth2/token", auth=("dev-read", "dev-read-secret"),
-                               data={"grant_type": "client_credentials"}).json()["access_token"]
+            token = httpx.post(
+                f"{full_base}/dev-ias/oauth2/token",
+                auth=("dev-read", "dev-read-secret"),
+                data={"grant_type": "client_credentials"},
+            ).json()["access_token"]
             headers["full"] = {**headers["bare"], "Authorization": f"Bearer {token}"}
             for name in servers:  # warm up
                 asyncio.run(_load(f"{servers[name][1]}/mcp", headers[name], args.clients, 1.0))
             for _ in range(args.rounds):  # alternate, so background load hits both alike
                 for name in servers:
-                    done, failed = asyncio.run(_load(f"{servers[name][1]}/mcp", headers[name], args.clients, args.seconds))
+                    done, failed = asyncio.run(
+                        _load(f"{servers[name][1]}/mcp", headers[name], args.clients, args.seconds)
+                    )
                     rates[name].append(done / args.seconds)
                     errors[name] += failed
         finally:

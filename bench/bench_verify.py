@@ -21,16 +21,17 @@ from collections.abc import Callable
 
 import httpx
 import jwt as pyjwt
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # authlib.jose announces its own deprecation
     from authlib.jose import JsonWebToken
+import sys
+from pathlib import Path
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jwt as jrfc_jwt
 from joserfc.jwk import KeySet, RSAKey
-
-import sys
-from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from auth import AuthSettings, IssuerConfig, JWTVerifier  # noqa: E402

@@ -33,8 +33,8 @@ import base64
 import binascii
 import dataclasses
 import hmac
-import shlex
 import logging
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping

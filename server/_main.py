@@ -100,7 +100,9 @@ def _bind(host: str, port: int) -> socket.socket:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Start the server; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m server", description="Notes MCP server protected by OAuth")
-    parser.add_argument("--dev", action="store_true", help="start with the embedded local issuer (no IAS tenant needed)")
+    parser.add_argument(
+        "--dev", action="store_true", help="start with the embedded local issuer (no IAS tenant needed)"
+    )
     parser.add_argument(
         "--mtls",
         action="store_true",
@@ -120,9 +122,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 raise ConfigError("--dev", "refuses to run on Cloud Foundry (VCAP_APPLICATION is set)")
             for name in ("MCP_TLS_CERT", "MCP_TLS_KEY", "MCP_TLS_CLIENT_CA"):
                 if env.get(name, "").strip():
-                    raise ConfigError(
-                        name, "is not used with --dev (--dev --mtls generates its own certificates)"
-                    )
+                    raise ConfigError(name, "is not used with --dev (--dev --mtls generates its own certificates)")
             host = env.get("HOST", "").strip() or "127.0.0.1"
             if not is_loopback_host(host):
                 raise ConfigError("HOST", f"--dev binds only to a loopback address, got {host!r}")

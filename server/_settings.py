@@ -70,7 +70,9 @@ def _host_header(url: str) -> str:
     return parts.netloc.rsplit("@", 1)[-1]
 
 
-def load_server_settings(env: Mapping[str, str], *, auth: AuthSettings | None = None, dev: bool = False) -> ServerSettings:
+def load_server_settings(
+    env: Mapping[str, str], *, auth: AuthSettings | None = None, dev: bool = False
+) -> ServerSettings:
     """Parse the environment (and ``VCAP_*``) into `ServerSettings`.
 
     Args:

@@ -80,18 +80,30 @@ def test_buildpack_simulation_serves_health_metadata_and_an_authenticated_tool_c
     python = venv / "bin" / "python"
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"],
-        cwd=app_dir, check=True, timeout=540,
+        cwd=app_dir,
+        check=True,
+        timeout=540,
     )
     with running_idp() as idp:
         port = _free_port()
-        vcap_services = {"identity": [{
-            "label": "identity", "plan": "application", "name": "notes-mcp-ias", "tags": [],
-            "credentials": {
-                "clientid": "mcp-client", "clientsecret": "not-used-here", "credential-type": "SECRET",
-                "url": idp.issuer, "domains": ["accounts.ondemand.com"],
-                "app_tid": "7b20408e-3fe0-4ade-aa2e-ad97baac72e8",
-            },
-        }]}
+        vcap_services = {
+            "identity": [
+                {
+                    "label": "identity",
+                    "plan": "application",
+                    "name": "notes-mcp-ias",
+                    "tags": [],
+                    "credentials": {
+                        "clientid": "mcp-client",
+                        "clientsecret": "not-used-here",
+                        "credential-type": "SECRET",
+                        "url": idp.issuer,
+                        "domains": ["accounts.ondemand.com"],
+                        "app_tid": "7b20408e-3fe0-4ade-aa2e-ad97baac72e8",
+                    },
+                }
+            ]
+        }
         env = {
             "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
             "HOME": str(tmp_path),
@@ -102,8 +114,12 @@ def test_buildpack_simulation_serves_health_metadata_and_an_authenticated_tool_c
             "MCP_NOTES_DB": str(tmp_path / "notes.db"),
         }
         proc = subprocess.Popen(  # the manifest's command, through a shell as the platform runs it
-            ["/bin/sh", "-c", "exec " + _manifest_value("command")], cwd=app_dir, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            ["/bin/sh", "-c", "exec " + _manifest_value("command")],
+            cwd=app_dir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -123,14 +139,25 @@ def test_buildpack_simulation_serves_health_metadata_and_an_authenticated_tool_c
             assert meta["authorization_servers"] == [idp.issuer]
             unauthenticated = httpx.post(f"{base}/mcp", headers=public, json={})
             assert unauthenticated.status_code == 401
-            assert f'resource_metadata="https://{PUBLIC_HOST}/.well-known/oauth-protected-resource/mcp"' in (
-                unauthenticated.headers["www-authenticate"])
+            assert (
+                f'resource_metadata="https://{PUBLIC_HOST}/.well-known/oauth-protected-resource/mcp"'
+                in (unauthenticated.headers["www-authenticate"])
+            )
             token = idp.mint(aud=["mcp-client"], ias_apis=["api_read_access"])
             call = httpx.post(
                 f"{base}/mcp",
-                headers={**public, "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
-                         "MCP-Protocol-Version": "2025-11-25"},
-                json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_notes", "arguments": {}}},
+                headers={
+                    **public,
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json, text/event-stream",
+                    "MCP-Protocol-Version": "2025-11-25",
+                },
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "list_notes", "arguments": {}},
+                },
             )
             assert call.status_code == 200, call.text
             assert call.json()["result"]["isError"] is False

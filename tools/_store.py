@@ -183,7 +183,7 @@ class NotesStore:
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
-                "INSERT INTO notes (title, body, created_by, updated_by, created_at, updated_at)"
+                "INSERT INTO notes (title, body, created_by, updated_by, created_at, updated_at)"  # noqa: S608 - constant column list; values are bound
                 f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
                 (title, body, client_id, client_id, now, now),
             ).fetchone()
@@ -202,7 +202,7 @@ class NotesStore:
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE notes SET title = ?, body = ?, updated_by = ?, updated_at = ?"
+                "UPDATE notes SET title = ?, body = ?, updated_by = ?, updated_at = ?"  # noqa: S608 - constant column list; values are bound
                 f" WHERE id = ? AND deleted_at IS NULL RETURNING {_COLUMNS}",
                 (title, body, client_id, now, note_id),
             ).fetchone()
@@ -225,7 +225,7 @@ class NotesStore:
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE notes SET deleted_by = ?, deleted_at = ?"
+                "UPDATE notes SET deleted_by = ?, deleted_at = ?"  # noqa: S608 - constant column list; values are bound
                 f" WHERE id = ? AND deleted_at IS NULL RETURNING {_COLUMNS}",
                 (client_id, now, note_id),
             ).fetchone()

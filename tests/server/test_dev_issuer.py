@@ -215,7 +215,9 @@ def test_failed_client_authentication_is_401_invalid_client(
     assert r.headers["cache-control"] == "no-store"
 
 
-@pytest.mark.parametrize("header", ["Bearer abc", "Basic !!!not-base64", "Basic " + base64.b64encode(b"nocolon").decode()])
+@pytest.mark.parametrize(
+    "header", ["Bearer abc", "Basic !!!not-base64", "Basic " + base64.b64encode(b"nocolon").decode()]
+)
 def test_malformed_authorization_header_is_invalid_client(live: Live, header: str) -> None:
     r = live.http.post(
         live.issuer.token_endpoint, data={"grant_type": "client_credentials"}, headers={"Authorization": header}
@@ -235,7 +237,8 @@ def test_missing_grant_type_is_invalid_request(live: Live) -> None:
 
 def test_unknown_resource_is_invalid_target(live: Live) -> None:
     r = live.token(
-        {"grant_type": "client_credentials", "resource": "https://other.example/mcp"}, auth=("dev-read", "dev-read-secret")
+        {"grant_type": "client_credentials", "resource": "https://other.example/mcp"},
+        auth=("dev-read", "dev-read-secret"),
     )
     assert r.status_code == 400 and r.json()["error"] == "invalid_target"
 
