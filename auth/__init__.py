@@ -49,7 +49,7 @@ from ._scopes import (
     requires,
     set_permission_aliases,
 )
-from ._settings import AuthSettings, IssuerConfig, load_settings
+from ._settings import AuthSettings, CertBinding, IssuerConfig, Profile, load_settings
 from ._token import VerifiedToken
 from ._verifier import JWTVerifier, TokenVerifier
 
@@ -57,6 +57,8 @@ __all__ = [
     # configuration
     "AuthSettings",
     "IssuerConfig",
+    "Profile",
+    "CertBinding",
     "load_settings",
     # verification
     "TokenVerifier",

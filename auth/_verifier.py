@@ -36,17 +36,6 @@ _NEW_TENANTS_PER_COOLDOWN = 8  # ...and at most this many new ones per key cool-
 class TokenVerifier(Protocol):
     """Anything that turns a bearer token into a `VerifiedToken` or raises an `AuthError`."""
 
-    def _admit_tenant(self) -> None:
-        # The tenant issuer comes from a token not yet verified: forged tokens naming ever new
-        # labels under a trusted domain must not turn into a stream of discovery requests.
-        now = self._monotonic()
-        window = self._settings.jwks_refresh_cooldown_s
-        while self._tenant_births and now - self._tenant_births[0] >= window:
-            self._tenant_births.popleft()
-        if len(self._tenant_births) >= _NEW_TENANTS_PER_COOLDOWN:
-            raise KeysUnavailable("too many new tenant issuers at once", retry_after=max(1, math.ceil(window)))
-        self._tenant_births.append(now)
-
     async def verify(self, token: str) -> VerifiedToken: ...
 
 

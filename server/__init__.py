@@ -4,7 +4,7 @@
     python -m server            # production: environment and VCAP_SERVICES
 """
 
-from ._app import build_mcp, create_app
+from ._app import ServerApp, build_mcp, create_app
 from ._settings import MCP_PATH, ServerSettings, load_server_settings
 
-__all__ = ["create_app", "build_mcp", "ServerSettings", "load_server_settings", "MCP_PATH"]
+__all__ = ["create_app", "build_mcp", "ServerApp", "ServerSettings", "load_server_settings", "MCP_PATH"]

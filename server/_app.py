@@ -40,7 +40,7 @@ from ._guard import HostOriginGuard
 from ._logging import audit_middleware
 from ._settings import MCP_PATH, ServerSettings
 
-__all__ = ["create_app", "build_mcp"]
+__all__ = ["create_app", "build_mcp", "ServerApp"]
 
 log = logging.getLogger("server")
 
@@ -69,7 +69,7 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
     registry: PermissionRegistry = REGISTRY,
     customize: Callable[[MCPServer], None] | None = None,
-) -> Callable[..., Awaitable[None]]:
+) -> ServerApp:
     """Build the ASGI app for ``settings``.
 
     Args:
@@ -127,7 +127,7 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
-    return _with_state(guard, mcp=mcp, store=store)
+    return ServerApp(guard, mcp=mcp, store=store)
 
 
 def _post_only(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -151,7 +151,13 @@ def _post_only(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[N
     return post_only
 
 
-def _with_state(app: Any, **state: Any) -> Any:
-    for key, value in state.items():
-        setattr(app, key, value)
-    return app
+class ServerApp:
+    """The ASGI app, with handles on the MCP server and the store it serves (for embedding and tests)."""
+
+    def __init__(self, asgi: Callable[..., Awaitable[None]], *, mcp: MCPServer, store: NotesStore) -> None:
+        self.asgi = asgi
+        self.mcp = mcp
+        self.store = store
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        await self.asgi(scope, receive, send)

@@ -25,8 +25,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
-from auth._settings import CertBinding
+from auth import AuthSettings, CertBinding, ConfigError, IssuerConfig, JWTVerifier
 
 from ._app import create_app
 from ._dev_issuer import DevClient, DevIssuer, startup_banner
