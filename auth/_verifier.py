@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -28,8 +29,25 @@ __all__ = ["TokenVerifier", "JWTVerifier"]
 
 log = logging.getLogger("auth.verifier")
 
-_MAX_TENANT_ISSUERS = 64  # multi-tenant IAS: key caches kept for this many tenants at most
-_NEW_TENANTS_PER_COOLDOWN = 8  # ...and at most this many new ones per key cool-down
+_MAX_KEY_SETS = 64  # key caches kept (per issuer and IAS header combination), least recent dropped
+_NEW_KEY_SETS_PER_COOLDOWN = 8  # ...and at most this many new ones per key cool-down
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # client ids and tenant ids; nothing that could split a header
+
+
+def ias_key_headers(config: IssuerConfig, claims: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The ``x-client_id``, ``x-app_tid``, ``x-azp`` headers of an IAS key request (pure).
+
+    ``x-client_id`` is ours (configuration); tenant and consumer come from the token when
+    well-formed, the tenant falling back to the binding's ``app_tid``.
+    """
+    tid = claims.get("app_tid", claims.get("zone_uuid"))
+    azp = claims.get("azp")
+    values = (
+        ("x-client_id", config.client_id),
+        ("x-app_tid", tid if isinstance(tid, str) and _HEADER_VALUE.fullmatch(tid) else config.app_tid),
+        ("x-azp", azp if isinstance(azp, str) and _HEADER_VALUE.fullmatch(azp) else None),
+    )
+    return tuple((name, value) for name, value in values if value)
 
 
 @runtime_checkable
@@ -65,9 +83,9 @@ class JWTVerifier:
         )
         self._clock = clock
         self._monotonic = monotonic
-        self._keys: OrderedDict[str, JWKSCache] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], JWKSCache] = OrderedDict()
         self._cache: OrderedDict[bytes, tuple[VerifiedToken, JWKSCache, str]] = OrderedDict()
-        self._tenant_births: deque[float] = deque()
+        self._births: deque[float] = deque()
         self.cache_hits = 0
 
     async def aclose(self) -> None:
@@ -75,47 +93,48 @@ class JWTVerifier:
         if self._owns_client:
             await self._client.aclose()
 
-    def key_cache(self, config: IssuerConfig, issuer: str) -> JWKSCache:
-        """The key cache for ``issuer`` (one per issuer; multi-tenant ones bounded in number)."""
-        cache = self._keys.get(issuer)
-        if cache is None:
-            if issuer != config.issuer:
-                self._admit_tenant()
-            headers = {}
-            if config.profile == "ias":  # as SAP's libraries do, but from configuration only
-                headers = {
-                    k: v for k, v in (("x-client_id", config.client_id), ("x-app_tid", config.app_tid)) if v
-                }
-            s = self._settings
-            cache = JWKSCache(
-                issuer,
-                self._client,
-                jwks_uri=config.jwks_uri if issuer == config.issuer else None,
-                headers=headers,
-                ttl=s.jwks_ttl_s,
-                cooldown=s.jwks_refresh_cooldown_s,
-                max_bytes=s.jwks_max_bytes,
-                clock=self._monotonic,
-            )
-            self._keys[issuer] = cache
-            configured = {i.issuer for i in s.issuers}
-            tenants = [k for k in self._keys if k not in configured]
-            if len(tenants) > _MAX_TENANT_ISSUERS:
-                del self._keys[tenants[0]]
-        else:
-            self._keys.move_to_end(issuer)
+    def key_cache(self, config: IssuerConfig, issuer: str, claims: Mapping[str, Any] | None = None) -> JWKSCache:
+        """The key cache for ``issuer`` and, for IAS, the request headers derived from the token.
+
+        IAS answers key requests per ``x-app_tid``/``x-client_id``/``x-azp`` (ias.md), so SAP's
+        libraries keep one key set per combination. So do we, but the issuer is already matched
+        against the trusted list, header values must be well-formed, the number of key sets is
+        bounded, and new ones are admitted at a bounded rate (forged values cost no traffic).
+        """
+        headers = ias_key_headers(config, claims or {}) if config.profile == "ias" else ()
+        key = (issuer, headers)
+        cache = self._keys.get(key)
+        if cache is not None:
+            self._keys.move_to_end(key)
+            return cache
+        if self._keys:
+            self._admit_key_set()
+        s = self._settings
+        cache = JWKSCache(
+            issuer,
+            self._client,
+            jwks_uri=config.jwks_uri if issuer == config.issuer else None,
+            headers=dict(headers),
+            ttl=s.jwks_ttl_s,
+            cooldown=s.jwks_refresh_cooldown_s,
+            max_bytes=s.jwks_max_bytes,
+            clock=self._monotonic,
+        )
+        self._keys[key] = cache
+        if len(self._keys) > _MAX_KEY_SETS:
+            self._keys.popitem(last=False)
         return cache
 
-    def _admit_tenant(self) -> None:
-        # The tenant issuer comes from a token not yet verified: forged tokens naming ever new
-        # labels under a trusted domain must not turn into a stream of discovery requests.
+    def _admit_key_set(self) -> None:
+        # Issuer (multi-tenant) and header values come from a token not yet verified: forged
+        # tokens with ever new values must not turn into a stream of outbound key requests.
         now = self._monotonic()
         window = self._settings.jwks_refresh_cooldown_s
-        while self._tenant_births and now - self._tenant_births[0] >= window:
-            self._tenant_births.popleft()
-        if len(self._tenant_births) >= _NEW_TENANTS_PER_COOLDOWN:
-            raise KeysUnavailable("too many new tenant issuers at once", retry_after=max(1, math.ceil(window)))
-        self._tenant_births.append(now)
+        while self._births and now - self._births[0] >= window:
+            self._births.popleft()
+        if len(self._births) >= _NEW_KEY_SETS_PER_COOLDOWN:
+            raise KeysUnavailable("too many new key sets at once", retry_after=max(1, math.ceil(window)))
+        self._births.append(now)
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
@@ -123,7 +142,7 @@ class JWTVerifier:
         Raises:
             InvalidToken: for every defect of the token.
             KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault), or
-                too many unknown tenants of a multi-tenant issuer arrived at once.
+                too many new key sets (tenants, IAS header combinations) were asked for at once.
         """
         s = self._settings
         now = self._clock()
@@ -144,7 +163,7 @@ class JWTVerifier:
 
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes)
         config, issuer = match_issuer(jws.claims, s.issuers)
-        keys = self.key_cache(config, issuer)
+        keys = self.key_cache(config, issuer, jws.claims)
         key = await keys.get(jws.kid)
         verify_signature(jws, key)
         verified = check_claims(jws.claims, config, issuer, now=now, leeway=s.leeway_s, implies=s.implies)

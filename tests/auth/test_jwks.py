@@ -249,25 +249,52 @@ async def test_configured_jwks_uri_skips_discovery(idp: IdP) -> None:
     assert fetches(idp) == (0, 1)
 
 
-async def test_ias_key_requests_carry_configured_headers_never_token_values(idp: IdP) -> None:
+async def test_ias_key_requests_carry_our_client_id_and_the_tokens_tenant_and_consumer(idp: IdP) -> None:
     config = issuer_config(idp.issuer, client_id="our-client-id", app_tid="our-tenant-id")
     v = JWTVerifier(AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp"))
     try:
-        await v.verify(idp.mint(azp="attacker-azp", app_tid="attacker-tid", client_id="attacker-client"))
+        await v.verify(idp.mint(azp="consumer-1", app_tid="tenant-1", client_id="not-sent"))
     finally:
         await v.aclose()
-    assert idp.last_headers["x-client_id"] == "our-client-id"
-    assert idp.last_headers["x-app_tid"] == "our-tenant-id"
+    assert idp.last_headers["x-client_id"] == "our-client-id"  # ours, never the token's
+    assert idp.last_headers["x-app_tid"] == "tenant-1"
+    assert idp.last_headers["x-azp"] == "consumer-1"
+
+
+@pytest.mark.parametrize("bad", ["a\r\nx-evil: 1", "a b", "x" * 129, "", "ü"])
+async def test_malformed_token_values_never_reach_key_request_headers(idp: IdP, bad: str) -> None:
+    config = issuer_config(idp.issuer, client_id="our-client-id", app_tid="our-tenant-id")
+    v = JWTVerifier(AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp"))
+    try:
+        await v.verify(idp.mint(azp=bad, app_tid=bad))
+    finally:
+        await v.aclose()
+    assert idp.last_headers["x-app_tid"] == "our-tenant-id"  # the binding's tenant instead
     assert "x-azp" not in idp.last_headers
-    assert not any("attacker" in value for value in idp.last_headers.values())
+    assert "x-evil" not in idp.last_headers
+
+
+async def test_each_consumer_gets_its_own_key_set_like_sap_libraries(idp: IdP) -> None:
+    config = issuer_config(idp.issuer, client_id="our-client-id")
+    v = JWTVerifier(AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp"))
+    try:
+        await v.verify(idp.mint(azp="consumer-1", app_tid="tenant-1"))
+        await v.verify(idp.mint(azp="consumer-1", app_tid="tenant-1"))
+        assert idp.jwks_fetches == 1
+        await v.verify(idp.mint(azp="consumer-2", app_tid="tenant-1"))
+        assert idp.jwks_fetches == 2
+    finally:
+        await v.aclose()
 
 
 @pytest.mark.parametrize("profile", ["ias", "generic"])
-async def test_key_requests_carry_no_token_values_when_nothing_is_configured(idp: IdP, profile: str) -> None:
+async def test_key_requests_carry_no_client_id_when_none_is_configured(idp: IdP, profile: str) -> None:
     v = JWTVerifier(settings_for(issuer_config(idp.issuer, profile=profile)))
     try:
-        await v.verify(idp.mint(azp="attacker-azp", app_tid="attacker-tid", scope="x"))
+        await v.verify(idp.mint(azp="consumer-azp", app_tid="tenant-tid", client_id="their-client", scope="x"))
     finally:
         await v.aclose()
-    assert not {"x-client_id", "x-app_tid", "x-azp"} & set(idp.last_headers)
-    assert not any("attacker" in value for value in idp.last_headers.values())
+    assert "x-client_id" not in idp.last_headers
+    assert not any("their-client" in value for value in idp.last_headers.values())
+    if profile == "generic":  # only IAS key requests carry the tenant and consumer
+        assert not {"x-app_tid", "x-azp"} & set(idp.last_headers)
