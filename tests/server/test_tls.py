@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from auth import JWTVerifier, certificate_thumbprint
+from auth import ClientCredentials, JWTVerifier, TokenProvider, certificate_thumbprint
 from auth._errors import ConfigError
 from server import create_app
 from server._dev_issuer import DevClient, DevIssuer
@@ -366,3 +366,21 @@ def test_python_m_server_refuses_bad_tls_configuration(pki: PKI, tmp_path: Path,
     result = subprocess.run([sys.executable, "-m", "server", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_mcp_sdk_client_with_our_x509_token_provider(srv: TLSServer, mode: str) -> None:
+    """The calling side end to end: TokenProvider over mTLS, then the SDK client presenting the same cert."""
+    creds = ClientCredentials.from_pem_files(
+        X509_ID, srv.pki.agent.cert_path, srv.pki.agent.key_path, issuer=srv.issuer.issuer
+    )
+    async with TokenProvider(creds, ca_bundle=str(srv.pki.ca.cert_path)) as provider:
+        async with httpx2.AsyncClient(verify=srv.pki.context(srv.pki.agent), auth=provider.httpx2_auth(),
+                                      timeout=httpx2.Timeout(20.0)) as http:
+            async with Client(streamable_http_client(srv.mcp_url, http_client=http), mode=mode) as client:
+                me = await client.call_tool("whoami", {})
+        token = await provider.token()
+    assert not me.is_error and me.structured_content["client_id"] == X509_ID
+    assert jwt_claims(token)["cnf"] == {"x5t#S256": certificate_thumbprint(srv.pki.agent.der)}
+    # The same provider's token presented with another certificate is refused.
+    assert_invalid_token(srv.whoami_raw(token, srv.pki.other))
