@@ -13,22 +13,22 @@ or ``tools``.
 from ._binding import certificate_thumbprint, check_certificate_binding, parse_forwarded_client_cert
 from ._challenge import challenge
 from ._claims import check_claims, check_times, extract_permissions, match_issuer
-from ._client import (
+from ._client import TokenProvider
+from ._client_auth import Httpx2BearerAuth, HttpxBearerAuth, TokenSource
+from ._context import bind_token, current_token, optional_token, reset_token
+from ._credentials import (
     ClientCredentials,
     DiscoveryError,
     InvalidClient,
     IssuedToken,
     RetryPolicy,
     TokenEndpointUnreachable,
-    TokenProvider,
     TokenRequestError,
     TokenRequestRejected,
     TokenResponseError,
     credentials_from_env,
     ias_resource,
 )
-from ._client_auth import Httpx2BearerAuth, HttpxBearerAuth, TokenSource
-from ._context import bind_token, current_token, optional_token, reset_token
 from ._errors import (
     AuthError,
     ConfigError,

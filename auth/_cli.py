@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from ._client import (
+from ._client import TokenProvider
+from ._credentials import (
     ClientCredentials,
-    TokenProvider,
     TokenRequestError,
     TokenRequestRejected,
-    _check_resource,
+    check_resource,
     client_ssl_context,
     credentials_from_env,
 )
@@ -325,7 +325,7 @@ async def _tools(args: argparse.Namespace, creds: ClientCredentials, ca: str | N
 
 async def _run(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Any, int]:
     creds = credentials_from_env(env)
-    args.resource = _check_resource(args.resource, "--resource")
+    args.resource = check_resource(args.resource, "--resource")
     ca = args.ca_bundle or env.get("MCP_CA_BUNDLE", "").strip() or None
     if ca is not None and not Path(ca).is_file():
         raise ConfigError("--ca-bundle", f"no such file: {ca!r}")

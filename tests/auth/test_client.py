@@ -37,14 +37,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from auth._client import (
+from auth._client import TokenProvider
+from auth._client_auth import NeedToken, bearer_flow
+from auth._credentials import (
     ClientCredentials,
     DiscoveryError,
     InvalidClient,
     IssuedToken,
     RetryPolicy,
     TokenEndpointUnreachable,
-    TokenProvider,
     TokenRequestRejected,
     TokenResponseError,
     backoff_delay,
@@ -57,7 +58,6 @@ from auth._client import (
     parse_token_response,
     refresh_margin,
 )
-from auth._client_auth import NeedToken, bearer_flow
 from auth._errors import ConfigError
 from tests._certs import Issued, TestCA
 from tests._live import running_server
