@@ -24,12 +24,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from auth import certificate_thumbprint
 
-__all__ = ["DEV_CERTS_DIR", "DEV_X509_CLIENT", "DevCerts", "generate_dev_certs"]
+__all__ = ["DEV_CERTS_DIR", "DEV_X509_CLIENT", "DevCerts", "generate_dev_certs", "new_ca", "issue_leaf", "host_names"]
 
 DEV_CERTS_DIR = Path("data/dev-certs")
 DEV_X509_CLIENT = "dev-x509"
@@ -63,22 +63,66 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
         raise
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _leaf(
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def new_ca(common_name: str, *, now: dt.datetime, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA (P-256) that may sign leaf certificates only (``path_length=0``)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MCP dev"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+    usage = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def host_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    """Subject alternative names: IP addresses as such, anything else as a DNS name."""
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    return sans
+
+
+def issue_leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     common_name: str,
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName],
+    *,
     now: dt.datetime,
-    days: int,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
+    lifetime: dt.timedelta,
+    key: PrivateKey | None = None,
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A leaf certificate for ``usage`` (serverAuth or clientAuth) signed by the CA; a P-256 key unless given."""
+    key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -86,13 +130,11 @@ def _leaf(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -110,46 +152,13 @@ def generate_dev_certs(
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MCP dev"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"MCP dev CA {now:%Y-%m-%d %H:%M:%S}"),
-    ])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    sans: list[x509.GeneralName] = []
-    for host in _HOSTS:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
+    ca_cert, ca_key = new_ca(f"MCP dev CA {now:%Y-%m-%d %H:%M:%S}", now=now, days=days)
     server_auth, client_auth = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
-    server_cert, server_key = _leaf(ca_key, ca_cert, _HOSTS[0], server_auth, sans, now, days)
-    client_cert, client_key = _leaf(ca_key, ca_cert, client_id, client_auth, [], now, days)
+    lifetime = dt.timedelta(days=days)
+    server_cert, server_key = issue_leaf(
+        ca_key, ca_cert, _HOSTS[0], server_auth, host_names(_HOSTS), now=now, lifetime=lifetime
+    )
+    client_cert, client_key = issue_leaf(ca_key, ca_cert, client_id, client_auth, [], now=now, lifetime=lifetime)
 
     certs = DevCerts(
         directory=folder,

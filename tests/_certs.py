@@ -13,16 +13,17 @@ the test owns (``tmp_path``); no key material is checked in.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from server._devcerts import host_names, issue_leaf, new_ca
 
 __all__ = ["TestCA", "Issued", "KeyType"]
 
@@ -65,35 +66,7 @@ class TestCA:
     def __init__(self, directory: Path, name: str = "Test CA") -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA256())
-        )
+        self.certificate, self._key = new_ca(name, now=dt.datetime.now(dt.UTC), days=1)
         self.cert_pem = self.certificate.public_bytes(serialization.Encoding.PEM)
         self.cert_path = self.directory / f"ca-{next(_counter)}.pem"
         self.cert_path.write_bytes(self.cert_pem)
@@ -101,25 +74,8 @@ class TestCA:
     def _issue(
         self, name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName], kind: KeyType
     ) -> Issued:
-        key = _new_key(kind)
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=12))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
+        cert, key = issue_leaf(self._key, self.certificate, name, usage, sans, now=dt.datetime.now(dt.UTC),
+                               lifetime=dt.timedelta(hours=12), key=_new_key(kind))
         stem = self.directory / f"{name.replace('/', '_')}-{next(_counter)}"
         issued = Issued(
             certificate=cert,
@@ -137,13 +93,7 @@ class TestCA:
         self, hosts: tuple[str, ...] = ("127.0.0.1", "::1", "localhost"), kind: KeyType = "ec"
     ) -> Issued:
         """A TLS server certificate for ``hosts`` (IP addresses or DNS names)."""
-        sans: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                sans.append(x509.DNSName(host))
-        return self._issue(hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, sans, kind)
+        return self._issue(hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, host_names(hosts), kind)
 
     def issue_client(self, common_name: str, kind: KeyType = "ec") -> Issued:
         """A TLS client certificate (``clientAuth``) with ``common_name`` as its subject."""
