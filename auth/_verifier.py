@@ -98,8 +98,9 @@ class JWTVerifier:
 
         IAS answers key requests per ``x-app_tid``/``x-client_id``/``x-azp`` (ias.md), so SAP's
         libraries keep one key set per combination. So do we, but the issuer is already matched
-        against the trusted list, header values must be well-formed, the number of key sets is
-        bounded, and new ones are admitted at a bounded rate (forged values cost no traffic).
+        against the trusted list, header values must be well-formed, a combination is only
+        fetched for a ``kid`` no key set of the issuer holds, the number of key sets is bounded,
+        and new ones are admitted at a bounded rate (forged values cost no unbounded traffic).
         """
         headers = ias_key_headers(config, claims or {}) if config.profile == "ias" else ()
         key = (issuer, headers)
@@ -124,6 +125,17 @@ class JWTVerifier:
         if len(self._keys) > _MAX_KEY_SETS:
             self._keys.popitem(last=False)
         return cache
+
+    def _holder_of(self, issuer: str, kid: str) -> JWKSCache | None:
+        """A key set of ``issuer`` that already holds ``kid``.
+
+        An issuer signs with the same keys whatever the consumer, so a token from a new consumer
+        with a known ``kid`` needs no fetch of its own; only an unknown ``kid`` opens a new key set.
+        """
+        for (holder_issuer, _), cache in reversed(self._keys.items()):
+            if holder_issuer == issuer and cache.has_kid(kid):
+                return cache
+        return None
 
     def _admit_key_set(self) -> None:
         # Issuer (multi-tenant) and header values come from a token not yet verified: forged
@@ -163,7 +175,7 @@ class JWTVerifier:
 
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes)
         config, issuer = match_issuer(jws.claims, s.issuers)
-        keys = self.key_cache(config, issuer, jws.claims)
+        keys = self._holder_of(issuer, jws.kid) or self.key_cache(config, issuer, jws.claims)
         key = await keys.get(jws.kid)
         verify_signature(jws, key)
         verified = check_claims(jws.claims, config, issuer, now=now, leeway=s.leeway_s, implies=s.implies)

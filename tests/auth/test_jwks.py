@@ -274,17 +274,30 @@ async def test_malformed_token_values_never_reach_key_request_headers(idp: IdP, 
     assert "x-evil" not in idp.last_headers
 
 
-async def test_each_consumer_gets_its_own_key_set_like_sap_libraries(idp: IdP) -> None:
+async def test_many_consumers_with_a_known_kid_cost_one_key_fetch(idp: IdP) -> None:
+    config = issuer_config(idp.issuer, client_id="our-client-id")
+    v = JWTVerifier(AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp"))
+    try:
+        for n in range(40):  # far more consumers than new key sets are admitted per cool-down
+            verified = await v.verify(idp.mint(azp=f"consumer-{n}", app_tid="tenant-1"))
+            assert verified.client_id == f"consumer-{n}"
+    finally:
+        await v.aclose()
+    assert idp.jwks_fetches == 1
+
+
+async def test_an_unknown_kid_from_a_new_consumer_is_fetched_with_its_headers(idp: IdP) -> None:
     config = issuer_config(idp.issuer, client_id="our-client-id")
     v = JWTVerifier(AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp"))
     try:
         await v.verify(idp.mint(azp="consumer-1", app_tid="tenant-1"))
-        await v.verify(idp.mint(azp="consumer-1", app_tid="tenant-1"))
-        assert idp.jwks_fetches == 1
-        await v.verify(idp.mint(azp="consumer-2", app_tid="tenant-1"))
-        assert idp.jwks_fetches == 2
+        new_key = idp.rotate("key-2")
+        verified = await v.verify(idp.mint(azp="consumer-2", app_tid="tenant-1", key=new_key))
     finally:
         await v.aclose()
+    assert verified.client_id == "consumer-2"
+    assert idp.jwks_fetches == 2
+    assert idp.last_headers["x-azp"] == "consumer-2"
 
 
 @pytest.mark.parametrize("profile", ["ias", "generic"])

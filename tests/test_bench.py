@@ -1,0 +1,28 @@
+"""The benchmarks still run (tiny sizes; what they print is read by people, not asserted as speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_bench_verify_runs_every_approach() -> None:
+    out = _run("bench/bench_verify.py", "--tokens", "20", "--rounds", "1")
+    for name in ("floor", "first sight", "cache hit", "PyJWT", "joserfc", "authlib"):
+        assert name in out
+
+
+def test_bench_server_runs_both_servers_without_errors() -> None:
+    out = _run("bench/bench_server.py", "--clients", "2", "--seconds", "0.5", "--rounds", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("bare", "this project"))]
+    assert len(rows) == 2
+    assert all(row[-2] == "0" for row in rows), out  # the errors column
