@@ -102,7 +102,8 @@ class ToolPermissionGate:
         except BodyTooLarge:
             await _plain(send, 413, b'{"error":"request_too_large"}')
             return
-        names = self._names(scope, body)
+        message = _parse(body)
+        names = [*_header_names(scope), *tool_names(message)]
         required = (
             frozenset().union(*(self._registry.required(n, self._aliases) for n in names)) if names else frozenset()
         )
@@ -123,21 +124,9 @@ class ToolPermissionGate:
                 },
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
-            await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(body, exc))
+            await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
         await self.app(scope, _replay(body, receive), send)
-
-    def _names(self, scope: dict[str, Any], body: bytes) -> list[str]:
-        names: list[str] = []
-        for key, value in scope.get("headers", ()):
-            if key == b"mcp-name":
-                decoded = _decode_name_header(value.decode("latin-1"))
-                names.append(decoded if decoded is not None else "")
-        try:
-            message = json.loads(body) if body else None
-        except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
-            return names  # the SDK answers malformed JSON itself; nothing is dispatched
-        return names + tool_names(message)
 
     async def _read_body(self, scope: dict[str, Any], receive: Receive) -> bytes:
         for key, value in scope.get("headers", ()):
@@ -160,16 +149,30 @@ FORBIDDEN = -32003
 """JSON-RPC error code of a refused tool call (server-defined range, JSON-RPC 2.0 §5.1)."""
 
 
-def _jsonrpc_denial(body: bytes, exc: InsufficientScope) -> bytes | None:
+def _parse(body: bytes) -> object:
+    """The JSON-RPC message, or None when the body is not JSON (the SDK then answers the parse error)."""
+    try:
+        return json.loads(body) if body else None
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
+        return None
+
+
+def _header_names(scope: dict[str, Any]) -> list[str]:
+    """Tool names in ``Mcp-Name`` headers (decoded; an undecodable one counts as a nameless call)."""
+    names = []
+    for key, value in scope.get("headers", ()):
+        if key == b"mcp-name":
+            decoded = _decode_name_header(value.decode("latin-1"))
+            names.append(decoded if decoded is not None else "")
+    return names
+
+
+def _jsonrpc_denial(message: object, exc: InsufficientScope) -> bytes | None:
     """A JSON-RPC error answering the refused request, so MCP clients show why (None for batches).
 
     The HTTP 403 and its ``WWW-Authenticate`` challenge stay as the MCP specification asks;
     the body only replaces the SDK client's generic "Server returned an error response".
     """
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
     if not isinstance(message, dict) or "id" not in message:
         return None
     scope = " ".join(sorted(exc.required))
