@@ -177,9 +177,7 @@ class NotesStore:
         Raises:
             NoteError: the title is blank or too long, the body too long, or the client id empty.
         """
-        title = _check_text("title", title, TITLE_MAX, strip=True, allow_empty=False)
-        body = _check_text("body", body, BODY_MAX, strip=False, allow_empty=True)
-        client_id = _check_client(client_id)
+        title, body, client_id = _check_note(title, body, client_id)
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
@@ -196,9 +194,7 @@ class NotesStore:
             NoteError: an invalid input (as for `create`), or no live note has the id.
         """
         note_id = _check_id(note_id)
-        title = _check_text("title", title, TITLE_MAX, strip=True, allow_empty=False)
-        body = _check_text("body", body, BODY_MAX, strip=False, allow_empty=True)
-        client_id = _check_client(client_id)
+        title, body, client_id = _check_note(title, body, client_id)
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
@@ -318,6 +314,15 @@ def _check_id(note_id: object) -> int:
     if not isinstance(note_id, int) or isinstance(note_id, bool):
         raise NoteError("note id must be an integer")
     return note_id
+
+
+def _check_note(title: object, body: object, client_id: object) -> tuple[str, str, str]:
+    """Validate what a write stores: a non-blank title, a body within limits, a client id."""
+    return (
+        _check_text("title", title, TITLE_MAX, strip=True, allow_empty=False),
+        _check_text("body", body, BODY_MAX, strip=False, allow_empty=True),
+        _check_client(client_id),
+    )
 
 
 def _check_client(client_id: object) -> str:

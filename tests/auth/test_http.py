@@ -68,18 +68,6 @@ def trusting(idp: IdP) -> AuthSettings:
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[IdP]:
-    with running_idp(keys=[idp_key()]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def attacker() -> Iterator[IdP]:
-    with running_idp(keys=[idp_key(OTHER_KEY)]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def client(idp: IdP) -> Iterator[httpx.Client]:
     with running_server(build_app(trusting(idp))) as base_url, httpx.Client(base_url=base_url) as c:
         yield c

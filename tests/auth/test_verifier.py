@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt as pyjwt
@@ -23,19 +23,6 @@ from tests._idp import IdP, running_idp
 
 from ._cases import AUDIENCE, EC_KEY, KEY, KID, OTHER_KEY, TOKEN_CASES, Case, Ctx, compact, private_pem
 from ._support import Clock, idp_key, issuer_config, settings_for
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[IdP]:
-    with running_idp(keys=[idp_key()]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def attacker() -> Iterator[IdP]:
-    """A second, counting server standing in for the attacker's key endpoint."""
-    with running_idp(keys=[idp_key(OTHER_KEY)]) as server:
-        yield server
 
 
 @pytest.fixture
