@@ -1,45 +1,115 @@
-"""Async JWKS cache: one fetch however many requests miss, bounded refreshes, stale on error.
+"""Async key cache of one issuer: single flight, bounded refreshes, total deadline, stale on error.
 
-Rules (style.md §6, ias.md):
-- keys live ``ttl`` seconds; a stale set keeps serving while the issuer is unreachable;
-- an unknown ``kid`` refreshes at most once per ``cooldown``, so forged tokens cannot make
-  us hammer the identity provider;
-- with nothing cached and the issuer unreachable, callers get `KeysUnavailable` (503);
-- responses are size-capped and time-bounded; ``jku``-style hints from tokens are never used.
+Rules (style.md §6, SECURITY.md):
+- keys live ``ttl`` seconds; a stale set keeps serving for ``max_stale`` more seconds while
+  the issuer cannot be reached or answers garbage, then its keys (and every verdict bound to
+  them) stop counting;
+- an unknown ``kid`` refreshes the set at most once per ``min_refresh`` (rotation passes
+  within seconds, a flood of forged ``kid`` values costs one fetch per interval);
+- a failed fetch is retried at most once per ``cooldown``;
+- every fetch (discovery and key set) has one total ``deadline``, however the server drips;
+- with nothing usable and the issuer unreachable, callers get `KeysUnavailable` (503);
+- every key is known by its material (SHA-256 of its SubjectPublicKeyInfo), not only its
+  name, so a key replaced behind the same ``kid`` is a different key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 import httpx
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ._errors import InvalidToken, KeysUnavailable
-from ._jws import PublicJWK, parse_jwks
+from ._jws import SUPPORTED_ALGORITHMS, PublicJWK, parse_jwks
 from ._settings import check_issuer_url
 
-__all__ = ["JWKSCache"]
+__all__ = ["JWKSCache", "FetchError", "FetchRefused", "fetch_json", "key_thumbprint"]
 
 log = logging.getLogger("auth.jwks")
 
 
-class _FetchError(Exception):
-    pass
+class FetchError(Exception):
+    """A key request failed for a reason of the network or the server (retry later)."""
+
+
+class FetchRefused(FetchError):
+    """The server answered a definite no (HTTP 4xx): IAS does so for an ``x-app_tid`` it does not know."""
+
+
+def key_thumbprint(key: PublicJWK) -> bytes:
+    """SHA-256 of the key's DER SubjectPublicKeyInfo: what a verdict is bound to (not the ``kid``)."""
+    return hashlib.sha256(key.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).digest()
+
+
+async def fetch_json(client: httpx.AsyncClient, url: str, headers: Mapping[str, str], max_bytes: int) -> object:
+    """GET ``url`` and parse its JSON body, refusing bodies over ``max_bytes``.
+
+    The caller bounds the total time (``asyncio.timeout``); the client's timeouts bound each read.
+
+    Raises:
+        FetchRefused: the server answered 4xx.
+        FetchError: any other status, a transport error, a body too large or not JSON.
+    """
+    try:
+        async with client.stream("GET", url, headers=dict(headers)) as response:
+            if 400 <= response.status_code < 500:
+                raise FetchRefused(f"GET {url} answered {response.status_code}")
+            if response.status_code != 200:
+                raise FetchError(f"GET {url} answered {response.status_code}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise FetchError(f"GET {url} is larger than {max_bytes} bytes")
+    except httpx.HTTPError as exc:
+        raise FetchError(f"GET {url}: {type(exc).__name__}") from exc
+    try:
+        return json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise FetchError(f"GET {url} is not JSON") from exc
+
+
+def usable_keys(document: object, algorithms: Iterable[str]) -> dict[str, tuple[PublicJWK, bytes]]:
+    """The keys of a JWKS document that can verify one of ``algorithms``, with their thumbprints.
+
+    Raises:
+        FetchError: not a JWKS, or no key in it fits (keys in hand are then kept).
+    """
+    try:
+        parsed = parse_jwks(document)
+    except ValueError as exc:
+        raise FetchError(str(exc)) from exc
+    algs = tuple(algorithms)
+    keys = {kid: (k, key_thumbprint(k)) for kid, k in parsed.items() if any(k.fits(a) for a in algs)}
+    if not keys:
+        raise FetchError("key set has no usable signing key")
+    return keys
 
 
 class JWKSCache:
-    """Signing keys of one issuer.
+    """Signing keys of one issuer, known by ``kid`` and by material.
 
     Args:
         issuer: the trusted issuer URL; discovery is ``{issuer}/.well-known/openid-configuration``.
-        client: the shared ``httpx.AsyncClient`` (its timeouts bound every fetch).
+        client: the shared ``httpx.AsyncClient``.
         jwks_uri: skip discovery and fetch keys here.
-        headers: extra request headers (IAS: ``x-client_id``, ``x-app_tid`` from configuration).
+        headers: request headers (IAS: our ``x-client_id`` and the binding's ``x-app_tid``).
+        ttl: seconds a fetched set is fresh.
+        min_refresh: at most one refresh per this many seconds for an unknown ``kid``.
+        cooldown: at most one attempt per this many seconds after a failed one.
+        max_stale: seconds past ``ttl`` a set keeps serving while refreshes fail.
+        deadline: total seconds for one fetch, discovery included.
+        algorithms: keys that fit none of these are ignored.
+        opened_by_token: the issuer came from a token (a multi-tenant label): a 4xx answer then
+            means "no such tenant" (401), not our outage (503).
         clock: monotonic seconds; injectable for tests.
     """
 
@@ -51,108 +121,163 @@ class JWKSCache:
         jwks_uri: str | None = None,
         headers: Mapping[str, str] | None = None,
         ttl: float = 600.0,
+        min_refresh: float = 5.0,
         cooldown: float = 30.0,
-        failure_backoff: float = 5.0,
+        max_stale: float = 3600.0,
+        deadline: float = 5.0,
         max_bytes: int = 256 * 1024,
+        algorithms: Iterable[str] = SUPPORTED_ALGORITHMS,
+        opened_by_token: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.issuer = issuer
+        self.headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
         self._client = client
         self._jwks_uri = jwks_uri
-        self._headers = dict(headers or {})
         self._ttl = ttl
+        self._min_refresh = min(min_refresh, ttl)
         self._cooldown = cooldown
-        self._failure_backoff = min(failure_backoff, cooldown)
+        self._max_stale = max_stale
+        self._deadline = deadline
         self._max_bytes = max_bytes
+        self._algorithms = frozenset(algorithms)
+        self._opened_by_token = opened_by_token
         self._clock = clock
-        self._keys: dict[str, PublicJWK] = {}
+        self._keys: dict[str, tuple[PublicJWK, bytes]] = {}
+        self.thumbprints: frozenset[bytes] = frozenset()
+        """Material of the keys in the current set (a cached verdict lives while its key is here)."""
+        self.serve_until = -math.inf
+        """Monotonic time after which this set no longer counts, unless refreshed (``ttl + max_stale``)."""
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._failed = False
-        self._generation = 0
+        self.refused = False  # the last attempt got a definite no (4xx)
         self._lock = asyncio.Lock()
         self.fetches = 0  # attempts made, for metrics and tests
 
     def has_kid(self, kid: str) -> bool:
-        """Whether ``kid`` is in the current key set (the token cache purges entries whose key left)."""
+        """Whether ``kid`` is in the current key set."""
         return kid in self._keys
 
-    def _since(self, when: float | None) -> float:
-        return math.inf if when is None else self._clock() - when
+    @property
+    def has_keys(self) -> bool:
+        """Whether a key set was ever fetched and still counts."""
+        return self._clock() < self.serve_until
 
-    def _should_fetch(self, kid: str) -> bool:
-        if self._failed and self._since(self._attempted_at) < self._failure_backoff:
-            return False  # don't hammer an issuer that just failed
-        if self._fetched_at is None or self._since(self._fetched_at) >= self._ttl:
+    def _since(self, when: float | None, now: float) -> float:
+        return math.inf if when is None else now - when
+
+    def _due(self, known: bool, now: float) -> bool:
+        since_attempt = self._since(self._attempted_at, now)
+        if self._failed and since_attempt < self._cooldown:
+            return False  # a failed set is retried at most once per cool-down
+        if self._since(self._fetched_at, now) >= self._ttl:
             return True
-        return kid not in self._keys and self._since(self._attempted_at) >= self._cooldown
+        return not known and since_attempt >= self._min_refresh
 
-    async def get(self, kid: str) -> PublicJWK:
-        """Return the key named ``kid``, fetching the key set if needed.
+    def retry_after(self) -> int:
+        """Whole seconds until this set will be asked for again (for ``Retry-After``)."""
+        wait = self._cooldown - self._since(self._attempted_at, self._clock()) if self._failed else 1.0
+        return max(1, math.ceil(wait))
+
+    @property
+    def jwks_uri(self) -> str | None:
+        """The key set URL, once configured or discovered."""
+        return self._jwks_uri
+
+    @property
+    def opened_by_token(self) -> bool:
+        """Whether a token (not the configuration) named this issuer."""
+        return self._opened_by_token
+
+    def recheck_at(self) -> float:
+        """Monotonic time until which a verdict bound to these keys may be reused without asking again.
+
+        The end of freshness; while refreshes fail, the next moment one may be attempted (capped
+        by the end of stale serving), so revocations are noticed as soon as the issuer answers.
+        """
+        if self._fetched_at is None:
+            return -math.inf
+        fresh_until = self._fetched_at + self._ttl
+        if self._failed and self._attempted_at is not None:
+            return min(max(fresh_until, self._attempted_at + self._cooldown), self.serve_until)
+        return fresh_until
+
+    def lookup(self, kid: str) -> tuple[PublicJWK, bytes] | None:
+        """The key named ``kid`` and its thumbprint, if held and still counting (no I/O)."""
+        if self._clock() >= self.serve_until:
+            return None
+        return self._keys.get(kid)
+
+    async def get_with_thumbprint(self, kid: str) -> tuple[PublicJWK, bytes]:
+        """The key named ``kid`` and its thumbprint, refreshing the set if due.
+
+        A request holding a known ``kid`` never waits behind a refresh already under way: it is
+        served from the keys in hand while someone else waits for the issuer.
 
         Raises:
-            InvalidToken: the issuer has no such key (after at most one refresh per cooldown).
-            KeysUnavailable: no key set could ever be fetched and the issuer is unreachable now.
+            InvalidToken: the issuer has no such key (after at most one refresh per ``min_refresh``),
+                or refused our key request.
+            KeysUnavailable: no usable key set and the issuer cannot be reached now.
         """
-        if self._should_fetch(kid):
-            generation = self._generation
+        entry = self.lookup(kid)
+        if self._due(entry is not None, self._clock()) and not (entry is not None and self._lock.locked()):
             async with self._lock:
-                # Whoever held the lock already fetched for us: single flight.
-                if generation == self._generation and self._should_fetch(kid):
+                # Whoever held the lock may have fetched for us: single flight.
+                if self._due(self.lookup(kid) is not None, self._clock()):
                     await self._refresh()
-        key = self._keys.get(kid)
-        if key is not None:
-            return key
-        if self._fetched_at is None:
-            wait = max(1, math.ceil(self._failure_backoff - self._since(self._attempted_at)))
-            raise KeysUnavailable(f"no signing keys for {self.issuer} yet", retry_after=wait)
+            entry = self.lookup(kid)
+        if entry is not None:
+            return entry
+        if not self.has_keys:
+            if self.refused and self._opened_by_token:
+                raise InvalidToken(f"{self.issuer} refused our key request")
+            raise KeysUnavailable(f"no signing keys for {self.issuer}", retry_after=self.retry_after())
         raise InvalidToken(f"unknown kid {kid!r} for issuer {self.issuer}")
+
+    async def get(self, kid: str) -> PublicJWK:
+        """The key named ``kid`` (see `get_with_thumbprint`).
+
+        Raises:
+            InvalidToken: no such key.
+            KeysUnavailable: no usable key set and the issuer cannot be reached now.
+        """
+        return (await self.get_with_thumbprint(kid))[0]
 
     async def _refresh(self) -> None:
         self.fetches += 1
         self._attempted_at = self._clock()
-        self._generation += 1
         try:
-            uri = self._jwks_uri or await self._discover()
-            keys = parse_jwks(await self._get_json(uri))
-            if not keys:
-                raise _FetchError("key set has no usable signing key")
-        except (_FetchError, ValueError) as exc:
+            async with asyncio.timeout(self._deadline):  # total: a dripping server cannot hold us
+                uri = self._jwks_uri or await self._discover()
+                document = await fetch_json(self._client, uri, self.headers, self._max_bytes)
+            keys = usable_keys(document, self._algorithms)
+        except (FetchError, TimeoutError) as exc:
             self._failed = True
-            stale = "serving the stale key set" if self._keys else "no keys cached"
-            log.warning("JWKS fetch for %s failed (%s); %s", self.issuer, exc, stale)
+            self.refused = isinstance(exc, FetchRefused)
+            reason = str(exc) or f"no answer within {self._deadline:g}s"
+            stale = "serving the keys in hand" if self.has_keys else "no keys in hand"
+            log.warning("JWKS fetch for %s failed (%s); %s", self.issuer, reason, stale)
             return
-        dropped = set(self._keys) - set(keys)
+        dropped = sorted(kid for kid, (_, thumb) in self._keys.items() if keys.get(kid, (None, b""))[1] != thumb)
         self._keys = keys
+        self.thumbprints = frozenset(thumb for _, thumb in keys.values())
         self._fetched_at = self._attempted_at
-        self._failed = False
-        log.info("JWKS for %s: %d keys%s", self.issuer, len(keys), f", removed {sorted(dropped)}" if dropped else "")
+        self.serve_until = self._attempted_at + self._ttl + self._max_stale
+        self._failed = self.refused = False
+        log.info("JWKS for %s: %d keys%s", self.issuer, len(keys), f", retired {dropped}" if dropped else "")
 
     async def _discover(self) -> str:
-        doc = await self._get_json(f"{self.issuer}/.well-known/openid-configuration")
+        doc = await fetch_json(
+            self._client, f"{self.issuer}/.well-known/openid-configuration", self.headers, self._max_bytes
+        )
         if not isinstance(doc, dict) or doc.get("issuer") != self.issuer:
-            raise _FetchError("discovery document names another issuer")  # OIDC Discovery §4.3
+            raise FetchError("discovery document names another issuer")  # OIDC Discovery §4.3
         uri = doc.get("jwks_uri")
         try:
             check_issuer_url(uri if isinstance(uri, str) else "", "jwks_uri")
         except ValueError as exc:
-            raise _FetchError(f"bad jwks_uri in discovery: {exc}") from exc
+            raise FetchError(f"bad jwks_uri in discovery: {exc}") from exc
+        assert isinstance(uri, str)
         self._jwks_uri = uri  # stable for the life of the process
         return uri
-
-    async def _get_json(self, url: str) -> object:
-        try:
-            async with self._client.stream("GET", url, headers=self._headers) as response:
-                if response.status_code != 200:
-                    raise _FetchError(f"GET {url} answered {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self._max_bytes:
-                        raise _FetchError(f"GET {url} is larger than {self._max_bytes} bytes")
-        except httpx.HTTPError as exc:
-            raise _FetchError(f"GET {url}: {type(exc).__name__}") from exc
-        try:
-            return json.loads(bytes(body))
-        except ValueError as exc:
-            raise _FetchError(f"GET {url} is not JSON") from exc

@@ -68,6 +68,8 @@ class AuthSettings:
     cert_binding: CertBinding = "off"
     trust_forwarded_client_cert: bool = False
     retry_after_s: int = 30
+    jwks_min_refresh_s: float = 5.0  # an unknown kid refreshes an issuer's keys at most this often
+    jwks_max_stale_s: float = 3600.0  # keys keep serving this long past their TTL while refreshes fail
 
     def __post_init__(self) -> None:
         if not self.issuers:
@@ -270,7 +272,7 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
                 IssuerConfig(
                     issuer=iss,
                     audiences=accepted,
-                    profile=profile,  # type: ignore[arg-type]
+                    profile=profile,
                     jwks_uri=jwks_uri,
                     domains=domains if profile == "ias" else (),
                     xsappname=env.get("MCP_AUTH_XSAPPNAME") or None,
@@ -297,9 +299,9 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         raise ConfigError(
             "MCP_AUTH_ISSUER", "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES)"
         )
-    for iss in issuers:
-        if not iss.audiences:
-            raise ConfigError("MCP_AUTH_AUDIENCE", f"no accepted audience for issuer {iss.issuer}")
+    for issuer_config in issuers:
+        if not issuer_config.audiences:
+            raise ConfigError("MCP_AUTH_AUDIENCE", f"no accepted audience for issuer {issuer_config.issuer}")
 
     algorithms = frozenset(_csv(env.get("MCP_AUTH_ALGORITHMS")) or ("RS256",))
     implies: dict[str, set[str]] = {}
@@ -323,6 +325,8 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         jwks_refresh_cooldown_s=_number(env, "MCP_AUTH_JWKS_COOLDOWN", 30, 1, 3_600),
         http_timeout_s=_number(env, "MCP_AUTH_HTTP_TIMEOUT", 5, 0.1, 60),
         token_cache_size=int(_number(env, "MCP_AUTH_TOKEN_CACHE_SIZE", 10_000, 0, 1_000_000)),
-        cert_binding=cert_binding,  # type: ignore[arg-type]
+        cert_binding=cert_binding,
         trust_forwarded_client_cert=_bool(env, "MCP_AUTH_TRUST_XFCC", False),
+        jwks_min_refresh_s=_number(env, "MCP_AUTH_JWKS_MIN_REFRESH", 5, 0.1, 600),
+        jwks_max_stale_s=_number(env, "MCP_AUTH_JWKS_MAX_STALE", 3600, 0, 7 * 86_400),
     )

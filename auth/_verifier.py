@@ -1,12 +1,22 @@
-"""The token verifier: parse, find the issuer, fetch its key, verify, check claims, cache.
+"""The token verifier: parse, find the issuer, get its key, verify, check claims, ask IAS, cache.
 
-One verification path for every profile. The verified-token cache means a client that
-reuses its token (client-credentials tokens live for an hour) pays for RSA once, while
-time checks run again on every hit and an entry dies with its signing key.
+One verification path for every profile. What it remembers, and why an unauthenticated caller
+cannot turn it against a valid one, is written down in SECURITY.md:
+
+- key material comes only from each issuer's own key request (configuration headers), never
+  from a key set a token asked for; a verdict is bound to the material (a SHA-256 thumbprint)
+  and dies as soon as a refresh of the issuer's keys no longer holds it;
+- IAS's answer for a (tenant, consumer) combination, accept or refuse, is asked only for a
+  token whose signature and claims already hold, and is remembered for a bounded time, so a
+  verdict never depends on what was verified before;
+- issuers named by tokens (multi-tenant labels) that never produced a valid token live in
+  their own small pool with their own admission budget: a flood of forged labels cannot evict
+  or starve a tenant already seen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -14,27 +24,33 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
 from ._claims import check_claims, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
-from ._jwks import JWKSCache
+from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
 from ._jws import parse_jws, verify_signature
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
 
-__all__ = ["TokenVerifier", "JWTVerifier"]
+__all__ = ["TokenVerifier", "JWTVerifier", "ias_key_headers", "consumer_decision"]
 
 log = logging.getLogger("auth.verifier")
 
-_MAX_KEY_SETS = 64  # key caches kept (per issuer and IAS header combination), least recent dropped
-_NEW_KEY_SETS_PER_COOLDOWN = 8  # ...and at most this many new ones per key cool-down
+_MAX_TENANTS = 1024  # multi-tenant issuers that produced a valid token, least recently used dropped
+_MAX_NEWCOMERS = 64  # issuers named only by tokens not (yet) verified: their own pool...
+_NEW_ISSUERS_PER_COOLDOWN = 16  # ...and their own admission budget
+_MAX_CONSUMERS = 4096  # remembered IAS answers per (issuer, tenant, consumer)
 _HEADER_VALUE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # client ids and tenant ids; nothing that could split a header
 
+Headers = tuple[tuple[str, str], ...]
+Decision = Literal["accept", "refuse", "unavailable", "ask"]
 
-def ias_key_headers(config: IssuerConfig, claims: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+
+def ias_key_headers(config: IssuerConfig, claims: Mapping[str, Any]) -> Headers:
     """The ``x-client_id``, ``x-app_tid``, ``x-azp`` headers of an IAS key request (pure).
 
     ``x-client_id`` is ours (configuration); tenant and consumer come from the token when
@@ -50,11 +66,64 @@ def ias_key_headers(config: IssuerConfig, claims: Mapping[str, Any]) -> tuple[tu
     return tuple((name, value) for name, value in values if value)
 
 
+@dataclass(slots=True)
+class _Consumer:
+    """What IAS last said about one (issuer, tenant, consumer) combination."""
+
+    headers: Headers
+    outcome: Literal["none", "ok", "refused", "failed"] = "none"
+    thumbprints: frozenset[bytes] = frozenset()  # material IAS served this combination
+    answered_at: float = -math.inf  # last "ok"
+    attempted_at: float = -math.inf
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def consumer_decision(
+    outcome: str,
+    served: bool,
+    *,
+    since_answer: float,
+    since_attempt: float,
+    ttl: float,
+    min_refresh: float,
+    cooldown: float,
+    max_stale: float,
+) -> Decision:
+    """Whether IAS's remembered answer accepts a token, refuses it, or must be asked again (pure).
+
+    ``served``: the token's key material was in IAS's last answer for the combination.
+    A refusal is remembered for ``cooldown``; an acceptance for ``ttl`` (``max_stale`` more
+    while IAS cannot be reached); a failed question is asked again at most once per ``cooldown``;
+    an answer without the token's key at most once per ``min_refresh``.
+    """
+    if outcome == "refused":
+        return "refuse" if since_attempt < cooldown else "ask"
+    if served and since_answer < ttl:
+        return "accept"
+    if outcome == "failed" and since_attempt < cooldown:
+        return "accept" if served and since_answer < ttl + max_stale else "unavailable"
+    if outcome == "ok" and not served and since_attempt < min_refresh:
+        return "refuse"
+    return "ask"
+
+
 @runtime_checkable
 class TokenVerifier(Protocol):
     """Anything that turns a bearer token into a `VerifiedToken` or raises an `AuthError`."""
 
     async def verify(self, token: str) -> VerifiedToken: ...
+
+
+# A cached verdict: the principal, the key set and key material it was verified with, the
+# wall-clock window its times allow, and the monotonic time until which keys and IAS's answer
+# may be taken as they were.
+_Hit = tuple[VerifiedToken, JWKSCache, bytes, float, float, float]
+
+
+def _window(claims: Mapping[str, Any], leeway: float) -> tuple[float, float]:
+    # Exactly the window check_times accepts (claims already passed it, so numbers are finite).
+    starts = [float(v) for v in (claims.get("nbf"), claims.get("iat")) if isinstance(v, int | float)]
+    return (max(starts) - leeway if starts else -math.inf), float(claims["exp"]) + leeway
 
 
 class JWTVerifier:
@@ -63,9 +132,10 @@ class JWTVerifier:
     Args:
         settings: the trusted issuers and policy.
         client: an ``httpx.AsyncClient`` for discovery and JWKS; one with the configured
-            timeout is created (and closed by `aclose`) when omitted.
+            timeout is created (and closed by `aclose`) when omitted. Every fetch is bounded
+            by ``settings.http_timeout_s`` in total, whichever client is used.
         clock: wall-clock seconds for ``exp``/``nbf``/``iat``; injectable for tests.
-        monotonic: monotonic seconds for the key cache's TTL and cool-downs.
+        monotonic: monotonic seconds for key freshness, refresh intervals and budgets.
     """
 
     def __init__(
@@ -83,104 +153,210 @@ class JWTVerifier:
         )
         self._clock = clock
         self._monotonic = monotonic
-        self._keys: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], JWKSCache] = OrderedDict()
-        self._cache: OrderedDict[bytes, tuple[VerifiedToken, JWKSCache, str]] = OrderedDict()
+        self._issuers: dict[str, JWKSCache] = {}  # configured issuers: never evicted
+        for config in settings.issuers:
+            self._issuers.setdefault(config.issuer, self._new_key_set(config, config.issuer, opened_by_token=False))
+        self._tenants: OrderedDict[str, JWKSCache] = OrderedDict()  # token-named, proven by a valid token
+        self._newcomers: OrderedDict[str, JWKSCache] = OrderedDict()  # token-named, not proven
         self._births: deque[float] = deque()
+        self._consumers: OrderedDict[tuple[str, Headers], _Consumer] = OrderedDict()
+        self._cache: OrderedDict[bytes, _Hit] = OrderedDict()
         self.cache_hits = 0
+        self.consumer_fetches = 0
 
     async def aclose(self) -> None:
         """Close the HTTP client if this verifier created it."""
         if self._owns_client:
             await self._client.aclose()
 
-    def key_cache(self, config: IssuerConfig, issuer: str, claims: Mapping[str, Any] | None = None) -> JWKSCache:
-        """The key cache for ``issuer`` and, for IAS, the request headers derived from the token.
+    def cache_stats(self) -> dict[str, int]:
+        """Sizes of what the verifier remembers, and outbound requests made (for tests and figures)."""
+        sets = [*self._issuers.values(), *self._tenants.values(), *self._newcomers.values()]
+        return {
+            "key_sets": len(sets),
+            "tenants": len(self._tenants),
+            "newcomers": len(self._newcomers),
+            "consumers": len(self._consumers),
+            "tokens": len(self._cache),
+            "key_fetches": sum(k.fetches for k in sets),
+            "consumer_fetches": self.consumer_fetches,
+        }
 
-        IAS answers key requests per ``x-app_tid``/``x-client_id``/``x-azp`` (ias.md), so SAP's
-        libraries keep one key set per combination. So do we, but the issuer is already matched
-        against the trusted list, header values must be well-formed, a combination is only
-        fetched for a ``kid`` no key set of the issuer holds, the number of key sets is bounded,
-        and new ones are admitted at a bounded rate (forged values cost no unbounded traffic).
-        """
-        headers = ias_key_headers(config, claims or {}) if config.profile == "ias" else ()
-        key = (issuer, headers)
-        cache = self._keys.get(key)
-        if cache is not None:
-            self._keys.move_to_end(key)
-            return cache
-        if self._keys:
-            self._admit_key_set()
+    def _new_key_set(self, config: IssuerConfig, issuer: str, *, opened_by_token: bool) -> JWKSCache:
         s = self._settings
-        cache = JWKSCache(
+        headers: dict[str, str] = {}
+        if config.profile == "ias" and config.client_id:
+            headers["x-client_id"] = config.client_id
+            if config.app_tid and not opened_by_token:
+                headers["x-app_tid"] = config.app_tid  # the binding's tenant, for the binding's issuer only
+        return JWKSCache(
             issuer,
             self._client,
             jwks_uri=config.jwks_uri if issuer == config.issuer else None,
-            headers=dict(headers),
+            headers=headers,
             ttl=s.jwks_ttl_s,
+            min_refresh=s.jwks_min_refresh_s,
             cooldown=s.jwks_refresh_cooldown_s,
+            max_stale=s.jwks_max_stale_s,
+            deadline=s.http_timeout_s,
             max_bytes=s.jwks_max_bytes,
+            algorithms=s.algorithms,
+            opened_by_token=opened_by_token,
             clock=self._monotonic,
         )
-        self._keys[key] = cache
-        if len(self._keys) > _MAX_KEY_SETS:
-            self._keys.popitem(last=False)
-        return cache
 
-    def _holder_of(self, issuer: str, kid: str) -> JWKSCache | None:
-        """A key set of ``issuer`` that already holds ``kid``.
+    def _key_set(self, config: IssuerConfig, issuer: str) -> JWKSCache:
+        """The key set of ``issuer``; a new token-named issuer comes out of the newcomers' budget.
 
-        An issuer signs with the same keys whatever the consumer, so a token from a new consumer
-        with a known ``kid`` needs no fetch of its own; only an unknown ``kid`` opens a new key set.
+        Raises:
+            KeysUnavailable: too many new token-named issuers at once (only newcomers pay for it).
         """
-        for (holder_issuer, _), cache in reversed(self._keys.items()):
-            if holder_issuer == issuer and cache.has_kid(kid):
-                return cache
-        return None
+        keys = self._issuers.get(issuer)
+        if keys is not None:
+            return keys
+        for pool in (self._tenants, self._newcomers):
+            keys = pool.get(issuer)
+            if keys is not None:
+                pool.move_to_end(issuer)  # recency refreshed on every use
+                return keys
+        self._admit_newcomer()
+        keys = self._new_key_set(config, issuer, opened_by_token=True)
+        self._newcomers[issuer] = keys
+        if len(self._newcomers) > _MAX_NEWCOMERS:
+            self._newcomers.popitem(last=False)  # only ever evicts another unproven issuer
+        return keys
 
-    def _admit_key_set(self) -> None:
-        # Issuer (multi-tenant) and header values come from a token not yet verified: forged
-        # tokens with ever new values must not turn into a stream of outbound key requests.
+    def _admit_newcomer(self) -> None:
         now = self._monotonic()
         window = self._settings.jwks_refresh_cooldown_s
         while self._births and now - self._births[0] >= window:
             self._births.popleft()
-        if len(self._births) >= _NEW_KEY_SETS_PER_COOLDOWN:
-            raise KeysUnavailable("too many new key sets at once", retry_after=max(1, math.ceil(window)))
+        if len(self._births) >= _NEW_ISSUERS_PER_COOLDOWN:
+            wait = max(1, math.ceil(window - (now - self._births[0])))
+            raise KeysUnavailable("too many new issuers at once", retry_after=wait)
         self._births.append(now)
+
+    def _vouch(self, keys: JWKSCache) -> None:
+        """A valid token came from ``keys``: a newcomer joins the tenants (whose pool forgers cannot touch)."""
+        if self._newcomers.pop(keys.issuer, None) is not None:
+            self._tenants[keys.issuer] = keys
+            if len(self._tenants) > _MAX_TENANTS:
+                self._tenants.popitem(last=False)
+
+    async def _check_consumer(self, config: IssuerConfig, keys: JWKSCache, claims: Mapping[str, Any],
+                              thumbprint: bytes) -> float:
+        """Ask IAS (once per bounded time) whether it serves this token's key to its tenant and consumer.
+
+        Returns the monotonic time until which the answer may be reused.
+
+        Raises:
+            InvalidToken: IAS refuses the combination or does not serve this key to it.
+            KeysUnavailable: IAS cannot be asked now and has never answered for the combination.
+        """
+        headers = ias_key_headers(config, claims)
+        if dict(headers) == keys.headers:
+            return math.inf  # the issuer's own key request already is this combination's answer
+        slot = (keys.issuer, headers)
+        consumer = self._consumers.get(slot)
+        if consumer is None:
+            consumer = self._consumers[slot] = _Consumer(headers)
+            if len(self._consumers) > _MAX_CONSUMERS:
+                self._consumers.popitem(last=False)
+        else:
+            self._consumers.move_to_end(slot)
+        decision = self._consumer_decision(consumer, thumbprint)
+        if decision == "ask":
+            async with consumer.lock:
+                decision = self._consumer_decision(consumer, thumbprint)
+                if decision == "ask":
+                    await self._ask(keys, consumer)
+                    decision = self._consumer_decision(consumer, thumbprint)
+        s = self._settings
+        if decision == "accept":
+            if consumer.outcome == "failed":  # stale: look again as soon as IAS may be asked again
+                return min(consumer.attempted_at + s.jwks_refresh_cooldown_s,
+                           consumer.answered_at + s.jwks_ttl_s + s.jwks_max_stale_s)
+            return consumer.answered_at + s.jwks_ttl_s
+        if decision == "refuse":
+            raise InvalidToken(f"{keys.issuer} does not serve this key to the token's tenant and consumer")
+        wait = max(1, math.ceil(consumer.attempted_at + s.jwks_refresh_cooldown_s - self._monotonic()))
+        raise KeysUnavailable(f"{keys.issuer} cannot be asked about the token's tenant", retry_after=wait)
+
+    def _consumer_decision(self, consumer: _Consumer, thumbprint: bytes) -> Decision:
+        s = self._settings
+        now = self._monotonic()
+        return consumer_decision(
+            consumer.outcome,
+            thumbprint in consumer.thumbprints,
+            since_answer=now - consumer.answered_at,
+            since_attempt=now - consumer.attempted_at,
+            ttl=s.jwks_ttl_s,
+            min_refresh=s.jwks_min_refresh_s,
+            cooldown=s.jwks_refresh_cooldown_s,
+            max_stale=s.jwks_max_stale_s,
+        )
+
+    async def _ask(self, keys: JWKSCache, consumer: _Consumer) -> None:
+        s = self._settings
+        self.consumer_fetches += 1
+        consumer.attempted_at = self._monotonic()
+        uri = keys.jwks_uri
+        assert uri is not None  # we hold a key of this issuer, so its key set URL is known
+        try:
+            async with asyncio.timeout(s.http_timeout_s):
+                document = await fetch_json(self._client, uri, dict(consumer.headers), s.jwks_max_bytes)
+            served = usable_keys(document, s.algorithms)
+        except FetchRefused as exc:
+            consumer.outcome = "refused"
+            log.info("key request for a tenant/consumer of %s refused (%s)", keys.issuer, exc)
+            return
+        except (FetchError, TimeoutError) as exc:
+            consumer.outcome = "failed"
+            log.warning("key request for a tenant/consumer of %s failed (%s)", keys.issuer, exc or "deadline")
+            return
+        consumer.outcome = "ok"
+        consumer.thumbprints = frozenset(thumb for _, thumb in served.values())
+        consumer.answered_at = consumer.attempted_at
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
 
         Raises:
-            InvalidToken: for every defect of the token.
+            InvalidToken: for every defect of the token, an unknown or retired key, or IAS
+                refusing the token's tenant and consumer.
             KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault), or
-                too many new key sets (tenants, IAS header combinations) were asked for at once.
+                too many new token-named issuers were asked for at once.
         """
-        s = self._settings
-        now = self._clock()
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         hit = self._cache.get(digest)
         if hit is not None:
-            verified, keys, kid = hit
-            if keys.has_kid(kid):
-                try:
-                    check_times(verified.claims, now=now, leeway=s.leeway_s)
-                except InvalidToken:
-                    del self._cache[digest]
-                    raise
+            now = self._clock()
+            verified, keys, thumbprint, not_before, not_after, until = hit
+            # A hit costs the lookup and these checks: times, key material still served, answers still fresh.
+            if not_before <= now < not_after and thumbprint in keys.thumbprints and self._monotonic() < until:
                 self._cache.move_to_end(digest)
                 self.cache_hits += 1
                 return verified
-            del self._cache[digest]  # its key left the issuer's key set: verify afresh
+            del self._cache[digest]
+            if not not_before <= now < not_after:
+                check_times(verified.claims, now=now, leeway=self._settings.leeway_s)  # raises the reason
+            # otherwise: key retired, or keys/IAS answer due for a look: verify afresh
 
+        s = self._settings
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes)
         config, issuer = match_issuer(jws.claims, s.issuers)
-        keys = self._holder_of(issuer, jws.kid) or self.key_cache(config, issuer, jws.claims)
-        key = await keys.get(jws.kid)
+        keys = self._key_set(config, issuer)
+        key, thumbprint = await keys.get_with_thumbprint(jws.kid)
         verify_signature(jws, key)
-        verified = check_claims(jws.claims, config, issuer, now=now, leeway=s.leeway_s, implies=s.implies)
+        verified = check_claims(jws.claims, config, issuer, now=self._clock(), leeway=s.leeway_s, implies=s.implies)
+        self._vouch(keys)
+        until = keys.recheck_at()
+        if config.profile == "ias" and config.client_id:
+            until = min(until, await self._check_consumer(config, keys, jws.claims, thumbprint))
         if s.token_cache_size > 0:
-            self._cache[digest] = (verified, keys, jws.kid)
+            not_before, not_after = _window(jws.claims, s.leeway_s)
+            self._cache[digest] = (verified, keys, thumbprint, not_before, not_after, until)
             if len(self._cache) > s.token_cache_size:
                 self._cache.popitem(last=False)
         return verified
+

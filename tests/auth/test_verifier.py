@@ -341,39 +341,40 @@ def test_verifier_satisfies_the_token_verifier_protocol(idp: IdP) -> None:
     assert isinstance(JWTVerifier(settings_for(idp.issuer)), TokenVerifier)
 
 
-def test_new_key_sets_are_rate_limited_per_cooldown() -> None:
-    """Forged tokens naming ever new tenants must not become a stream of discovery requests."""
-    from auth import AuthSettings, IssuerConfig, JWTVerifier, KeysUnavailable
+def _multi_tenant_verifier(clock: list[float]) -> tuple[JWTVerifier, Any]:
+    from auth import AuthSettings, IssuerConfig
 
-    clock = [1000.0]
     config = IssuerConfig(issuer="https://main.accounts.ondemand.com", audiences=("aud",),
                           domains=("accounts.ondemand.com",))
     settings = AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp",
                             jwks_refresh_cooldown_s=30)
-    verifier = JWTVerifier(settings, monotonic=lambda: clock[0])
-    verifier.key_cache(config, config.issuer)  # the first key set is always admitted
-    for n in range(8):
-        verifier.key_cache(config, f"https://tenant{n}.accounts.ondemand.com")
+    return JWTVerifier(settings, monotonic=lambda: clock[0]), config
+
+
+def test_new_token_named_issuers_are_rate_limited_per_cooldown() -> None:
+    """Forged tokens naming ever new tenants must not become a stream of discovery requests."""
+    clock = [1000.0]
+    verifier, config = _multi_tenant_verifier(clock)
+    for n in range(16):
+        verifier._key_set(config, f"https://tenant{n}.accounts.ondemand.com")
     with pytest.raises(KeysUnavailable) as limited:
-        verifier.key_cache(config, "https://tenant8.accounts.ondemand.com")
+        verifier._key_set(config, "https://tenant16.accounts.ondemand.com")
     assert limited.value.status == 503 and limited.value.retry_after == 30
-    verifier.key_cache(config, "https://tenant3.accounts.ondemand.com")  # known ones are not limited
-    verifier.key_cache(config, config.issuer)
+    verifier._key_set(config, "https://tenant3.accounts.ondemand.com")  # known ones are not limited
+    verifier._key_set(config, config.issuer)  # nor is the configured issuer
     clock[0] += 30
-    verifier.key_cache(config, "https://tenant8.accounts.ondemand.com")  # a new window admits it
+    verifier._key_set(config, "https://tenant16.accounts.ondemand.com")  # a new window admits it
 
 
-def test_key_sets_are_bounded_in_number() -> None:
-    from auth import AuthSettings, IssuerConfig, JWTVerifier
-
+def test_unproven_issuers_never_evict_a_proven_tenant_and_stay_bounded() -> None:
     clock = [0.0]
-    config = IssuerConfig(issuer="https://main.accounts.ondemand.com", audiences=("aud",))
-    verifier = JWTVerifier(AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp"),
-                           monotonic=lambda: clock[0])
-    first = verifier.key_cache(config, config.issuer, {"azp": "consumer-0"})
-    for n in range(1, 70):
-        clock[0] += 30  # one per window: admission never limits here
-        verifier.key_cache(config, config.issuer, {"azp": f"consumer-{n}"})
-    assert len(verifier._keys) == 64
-    assert verifier.key_cache(config, config.issuer, {"azp": "consumer-69"}) is not first
-    assert all(k[1] != (("x-azp", "consumer-0"),) for k in verifier._keys)  # the oldest went first
+    verifier, config = _multi_tenant_verifier(clock)
+    proven = verifier._key_set(config, "https://known.accounts.ondemand.com")
+    verifier._vouch(proven)  # a valid token came from it
+    for n in range(500):
+        if n % 16 == 0:
+            clock[0] += 30  # a fresh admission window
+        verifier._key_set(config, f"https://forged{n}.accounts.ondemand.com")
+    stats = verifier.cache_stats()
+    assert (stats["tenants"], stats["newcomers"]) == (1, 64)
+    assert verifier._key_set(config, "https://known.accounts.ondemand.com") is proven
