@@ -235,6 +235,19 @@ class JWKSCache:
             raise KeysUnavailable(f"no signing keys for {self.issuer}", retry_after=self.retry_after())
         raise InvalidToken(f"unknown kid {kid!r} for issuer {self.issuer}")
 
+    async def replaced(self, kid: str, thumbprint: bytes) -> bool:
+        """After a signature failed with key ``kid``: refresh if due, and say whether its material changed.
+
+        An issuer may publish new material behind a known ``kid``; like an unknown ``kid``, this
+        costs at most one refresh per ``min_refresh``, however many tokens fail.
+        """
+        if self._due(False, self._clock()) and not self._lock.locked():
+            async with self._lock:
+                if self._due(False, self._clock()):
+                    await self._refresh()
+        entry = self.lookup(kid)
+        return entry is not None and entry[1] != thumbprint
+
     async def get(self, kid: str) -> PublicJWK:
         """The key named ``kid`` (see `get_with_thumbprint`).
 

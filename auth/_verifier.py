@@ -347,7 +347,13 @@ class JWTVerifier:
         config, issuer = match_issuer(jws.claims, s.issuers)
         keys = self._key_set(config, issuer)
         key, thumbprint = await keys.get_with_thumbprint(jws.kid)
-        verify_signature(jws, key)
+        try:
+            verify_signature(jws, key)
+        except InvalidToken:
+            if not await keys.replaced(jws.kid, thumbprint):  # new material behind the same kid?
+                raise
+            key, thumbprint = await keys.get_with_thumbprint(jws.kid)
+            verify_signature(jws, key)
         verified = check_claims(jws.claims, config, issuer, now=self._clock(), leeway=s.leeway_s, implies=s.implies)
         self._vouch(keys)
         until = keys.recheck_at()

@@ -1,14 +1,19 @@
 """A stand-in for an IAS tenant's key endpoints, built to IAS's documented behaviour.
 
 Serves ``{issuer}/.well-known/openid-configuration`` and ``{issuer}/oauth2/certs`` from a real
-uvicorn server, counts every fetch, and can be told to go down, answer garbage, be slow or
-rotate keys. Tokens are minted with joserfc (an independent library, not our code).
+uvicorn server, counts every fetch, and can be told to go down, answer garbage, be slow, drip
+its answer, refuse unknown ``x-app_tid`` values with 400 (as IAS does) or rotate keys. It also
+serves multi-tenant issuers ``https://<label>.<tenant_domain>`` under ``/t/<label>``: give the
+verifier an ``httpx.AsyncClient(transport=TenantRouting(idp))`` to reach them over real HTTP.
+Tokens are minted with joserfc (an independent library, not our code).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -16,11 +21,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests._live import running_server
@@ -34,12 +40,20 @@ class IdP:
 
     issuer: str = ""
     keys: list[RSAKey | ECKey] = field(default_factory=list)
-    mode: str = "ok"  # ok | down | garbage | slow | empty | huge
+    # ok | down | garbage (HTML) | invalid_json | empty | huge | wrong_type (only keys unfit for RS256) |
+    # drip (the answer 64 bytes per ``delay`` seconds)
+    mode: str = "ok"
     delay: float = 0.0
     discovery_fetches: int = 0
     jwks_fetches: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"issuer": "https://other"}
+    known_tenants: set[str] | None = None  # when set, a key request naming another x-app_tid gets 400 (IAS)
+    refused: int = 0  # key requests answered 400
+    consumer_fetches: int = 0  # key requests naming a consumer (x-azp)
+    tenant_domain: str = "accounts.idp.test"
+    tenants: set[str] = field(default_factory=set)  # multi-tenant labels served under /t/<label>
+    tenant_fetches: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -53,19 +67,45 @@ class IdP:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.as_dict(private=False) for k in self.keys]}
 
+    @property
+    def base_url(self) -> str:
+        return self.issuer[: -len(PATH)]
+
     def rotate(self, kid: str) -> RSAKey:
         """Publish a new key first in the set and drop the old ones."""
         new = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
         self.keys[:] = [new]
         return new
 
+    def add_key(self, kid: str) -> RSAKey:
+        """Publish a new key next to the current ones (the first step of a rotation)."""
+        new = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
+        self.keys.append(new)
+        return new
+
+    def remove_key(self, kid: str) -> None:
+        """Stop publishing ``kid`` (revocation, or the last step of a rotation)."""
+        self.keys[:] = [k for k in self.keys if k.kid != kid]
+
+    def replace_key(self, kid: str) -> RSAKey:
+        """Publish new material behind the same ``kid``."""
+        new = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
+        self.keys[:] = [new if k.kid == kid else k for k in self.keys]
+        return new
+
+    def tenant_issuer(self, label: str) -> str:
+        return f"https://{label}.{self.tenant_domain}"
+
     def reset(self, keys: list[RSAKey | ECKey] | None = None) -> None:
         """Back to a healthy IdP with zeroed counters (lets one server serve many tests)."""
         with self.lock:
             self.mode, self.delay = "ok", 0.0
-            self.discovery_fetches = self.jwks_fetches = 0
+            self.discovery_fetches = self.jwks_fetches = self.refused = self.consumer_fetches = 0
             self.last_headers = {}
             self.discovery_overrides.clear()
+            self.known_tenants = None
+            self.tenants.clear()
+            self.tenant_fetches.clear()
             if keys is not None:
                 self.keys[:] = keys
 
@@ -107,28 +147,91 @@ class IdP:
             } | self.discovery_overrides)
 
         async def certs(request: Request) -> Response:
+            tid = request.headers.get("x-app_tid")
             with self.lock:
                 self.jwks_fetches += 1
+                self.consumer_fetches += "x-azp" in request.headers
                 self.last_headers = dict(request.headers)
+                refuse = self.known_tenants is not None and tid is not None and tid not in self.known_tenants
+                self.refused += refuse
+            if refuse:  # IAS: {"error": ...} with 400 for an x-app_tid it does not know
+                return JSONResponse({"error": "invalid_request", "error_description": "unknown app_tid"}, 400)
+            return await self._answer(request, self.jwks())
+
+        async def tenant_discovery(request: Request) -> Response:
+            label = request.path_params["label"]
+            with self.lock:
+                self.tenant_fetches[label] += 1
+            if label not in self.tenants:
+                return JSONResponse({"error": "tenant not found"}, status_code=404)
+            issuer = self.tenant_issuer(label)
+            return await self._answer(request, {"issuer": issuer, "jwks_uri": f"{issuer}/oauth2/certs"})
+
+        async def tenant_certs(request: Request) -> Response:
+            label = request.path_params["label"]
+            with self.lock:
+                self.tenant_fetches[label] += 1
+            if label not in self.tenants:
+                return JSONResponse({"error": "tenant not found"}, status_code=404)
             return await self._answer(request, self.jwks())
 
         return Starlette(routes=[
             Route(f"{PATH}/.well-known/openid-configuration", discovery),
             Route(f"{PATH}/oauth2/certs", certs),
+            Route("/t/{label}/.well-known/openid-configuration", tenant_discovery),
+            Route("/t/{label}/oauth2/certs", tenant_certs),
         ])
 
     async def _answer(self, request: Request, doc: dict[str, Any]) -> Response:
-        if self.delay:
+        if self.delay and self.mode != "drip":
             await asyncio.sleep(self.delay)
         if self.mode == "down":
             return PlainTextResponse("unavailable", status_code=503)
         if self.mode == "garbage":
-            return PlainTextResponse("<html>not json</html>")
+            return Response("<html><body>Service temporarily unavailable</body></html>", media_type="text/html")
+        if self.mode == "invalid_json":
+            return Response('{"keys": [{"kty": "RSA", ', media_type="application/json")
         if self.mode == "empty":
             return JSONResponse({"keys": []})
         if self.mode == "huge":
             return JSONResponse({"keys": [], "pad": "x" * (1024 * 1024)})
+        if self.mode == "wrong_type" and "keys" in doc:
+            ec = ECKey.generate_key("P-256", parameters={"kid": self.key.kid, "use": "sig"})
+            oct_key = {"kty": "oct", "kid": "hmac-1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}
+            return JSONResponse({"keys": [ec.as_dict(private=False), oct_key]})
+        if self.mode == "drip":
+            body = json.dumps(doc).encode()
+            delay = self.delay or 1.0
+
+            async def drip() -> Any:
+                for start in range(0, len(body), 64):
+                    yield body[start:start + 64]
+                    await asyncio.sleep(delay)
+
+            return StreamingResponse(drip(), media_type="application/json")
         return JSONResponse(doc)
+
+
+class TenantRouting(httpx.AsyncBaseTransport):
+    """Sends requests for ``https://<label>.<tenant_domain>/...`` to the IdP's ``/t/<label>/...`` over
+    real HTTP on loopback (DNS and public TLS cannot be had in a test); everything else goes as is."""
+
+    def __init__(self, idp: IdP) -> None:
+        self._idp = idp
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        suffix = "." + self._idp.tenant_domain
+        host = request.url.host
+        if request.url.scheme == "https" and host.endswith(suffix):
+            label = host[: -len(suffix)]
+            target = httpx.URL(f"{self._idp.base_url}/t/{label}{request.url.raw_path.decode('ascii')}")
+            request.url = target
+            request.headers["host"] = target.netloc.decode("ascii")
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @contextlib.contextmanager
