@@ -50,10 +50,11 @@ class IdP:
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"issuer": "https://other"}
     known_tenants: set[str] | None = None  # when set, a key request naming another x-app_tid gets 400 (IAS)
     refused: int = 0  # key requests answered 400
-    consumer_fetches: int = 0  # key requests naming a consumer (x-azp)
+    consumer_fetches: int = 0  # key requests for the main issuer naming a consumer (x-azp)
     tenant_domain: str = "accounts.idp.test"
     tenants: set[str] = field(default_factory=set)  # multi-tenant labels served under /t/<label>
-    tenant_fetches: collections.Counter[str] = field(default_factory=collections.Counter)
+    tenant_fetches: collections.Counter[str] = field(default_factory=collections.Counter)  # discovery + keys
+    tenant_consumer_fetches: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -106,6 +107,7 @@ class IdP:
             self.known_tenants = None
             self.tenants.clear()
             self.tenant_fetches.clear()
+            self.tenant_consumer_fetches.clear()
             if keys is not None:
                 self.keys[:] = keys
 
@@ -170,7 +172,10 @@ class IdP:
         async def tenant_certs(request: Request) -> Response:
             label = request.path_params["label"]
             with self.lock:
-                self.tenant_fetches[label] += 1
+                if "x-azp" in request.headers:  # a question about a tenant and consumer, not a key refresh
+                    self.tenant_consumer_fetches[label] += 1
+                else:
+                    self.tenant_fetches[label] += 1
             if label not in self.tenants:
                 return JSONResponse({"error": "tenant not found"}, status_code=404)
             return await self._answer(request, self.jwks())
