@@ -319,3 +319,71 @@ async def test_key_requests_carry_no_client_id_when_none_is_configured(idp: IdP,
     assert not any("their-client" in value for value in idp.last_headers.values())
     if profile == "generic":  # only IAS key requests carry the tenant and consumer
         assert not {"x-app_tid", "x-azp"} & set(idp.last_headers)
+
+
+# --- pure decisions and settings ----------------------------------------------------------------------
+
+_D = {"ttl": 600.0, "min_refresh": 5.0, "cooldown": 30.0, "max_stale": 3600.0}
+
+
+@pytest.mark.parametrize(("outcome", "served", "since_answer", "since_attempt", "decision"), [
+    ("none", False, float("inf"), float("inf"), "ask"),  # never asked
+    ("ok", True, 10, 10, "accept"),
+    ("ok", True, 600, 600, "ask"),  # the answer is due
+    ("ok", False, 1, 1, "refuse"),  # IAS did not serve this key: not asked again within the minimum interval
+    ("ok", False, 5, 5, "ask"),
+    ("refused", False, float("inf"), 29, "refuse"),  # a refusal is remembered for the cool-down...
+    ("refused", True, 100, 30, "ask"),  # ...then asked again
+    ("failed", True, 700, 10, "accept"),  # IAS unreachable: the last acceptance serves while stale is allowed
+    ("failed", True, 600 + 3600, 10, "unavailable"),
+    ("failed", False, float("inf"), 10, "unavailable"),  # never answered: 503, not 401
+    ("failed", False, float("inf"), 30, "ask"),  # retried at most once per cool-down
+])
+def test_consumer_decision_table(outcome: str, served: bool, since_answer: float, since_attempt: float,
+                                 decision: str) -> None:
+    from auth._verifier import consumer_decision
+
+    assert consumer_decision(outcome, served, since_answer=since_answer, since_attempt=since_attempt,
+                             **_D) == decision
+
+
+def test_key_cache_settings_are_read_and_checked() -> None:
+    from auth import ConfigError, load_settings
+
+    env = {"MCP_AUTH_ISSUER": "https://t.accounts.ondemand.com", "MCP_AUTH_AUDIENCE": "a",
+           "MCP_RESOURCE_URL": "https://mcp.example.com/mcp"}
+    defaults = load_settings(env)
+    assert (defaults.jwks_min_refresh_s, defaults.jwks_max_stale_s) == (5.0, 3600.0)
+    custom = load_settings(env | {"MCP_AUTH_JWKS_MIN_REFRESH": "2", "MCP_AUTH_JWKS_MAX_STALE": "0"})
+    assert (custom.jwks_min_refresh_s, custom.jwks_max_stale_s) == (2.0, 0.0)
+    for name, bad in (("MCP_AUTH_JWKS_MIN_REFRESH", "0"), ("MCP_AUTH_JWKS_MAX_STALE", "-1"),
+                      ("MCP_AUTH_JWKS_MIN_REFRESH", "soon")):
+        with pytest.raises(ConfigError, match=name):
+            load_settings(env | {name: bad})
+
+
+async def test_max_stale_zero_stops_serving_keys_as_soon_as_a_refresh_fails(verifier: JWTVerifier, idp: IdP,
+                                                                            monotonic: Clock) -> None:
+    v = JWTVerifier(settings_for(idp.issuer, jwks_ttl_s=TTL, jwks_max_stale_s=0, token_cache_size=0),
+                    monotonic=monotonic)
+    try:
+        await v.verify(idp.mint())
+        idp.mode = "down"
+        monotonic.advance(TTL)
+        with pytest.raises(KeysUnavailable):
+            await v.verify(idp.mint())
+    finally:
+        await v.aclose()
+
+
+async def test_drip_fed_key_set_is_cut_at_the_total_deadline(idp: IdP) -> None:
+    idp.mode, idp.delay = "drip", 0.4  # each 64 bytes 0.4 s apart: a read timeout alone never fires
+    v = JWTVerifier(settings_for(issuer_config(idp.issuer, jwks_uri=f"{idp.issuer}/oauth2/certs"),
+                                 http_timeout_s=0.8))
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeysUnavailable):
+            await v.verify(idp.mint())
+        assert time.monotonic() - started < 3.0  # the key set alone would drip for several seconds
+    finally:
+        await v.aclose()
