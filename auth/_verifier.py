@@ -265,13 +265,15 @@ class JWTVerifier:
         else:
             self._consumers.move_to_end(slot)
         decision = self._consumer_decision(consumer, thumbprint)
+        s = self._settings
+        if decision == "ask" and consumer.lock.locked() and self._in_hand(consumer, thumbprint):
+            return -math.inf  # someone is asking already: served from the answer in hand, not held
         if decision == "ask":
             async with consumer.lock:
                 decision = self._consumer_decision(consumer, thumbprint)
                 if decision == "ask":
                     await self._ask(keys, consumer)
                     decision = self._consumer_decision(consumer, thumbprint)
-        s = self._settings
         if decision == "accept":
             if consumer.outcome == "failed":  # stale: look again as soon as IAS may be asked again
                 return min(consumer.attempted_at + s.jwks_refresh_cooldown_s,
@@ -281,6 +283,12 @@ class JWTVerifier:
             raise InvalidToken(f"{keys.issuer} does not serve this key to the token's tenant and consumer")
         wait = max(1, math.ceil(consumer.attempted_at + s.jwks_refresh_cooldown_s - self._monotonic()))
         raise KeysUnavailable(f"{keys.issuer} cannot be asked about the token's tenant", retry_after=wait)
+
+    def _in_hand(self, consumer: _Consumer, thumbprint: bytes) -> bool:
+        s = self._settings
+        age = self._monotonic() - consumer.answered_at
+        fresh_enough = age < s.jwks_ttl_s + s.jwks_max_stale_s
+        return consumer.outcome == "ok" and thumbprint in consumer.thumbprints and fresh_enough
 
     def _consumer_decision(self, consumer: _Consumer, thumbprint: bytes) -> Decision:
         s = self._settings
