@@ -50,6 +50,7 @@ class IdP:
     discovery_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"issuer": "https://other"}
     known_tenants: set[str] | None = None  # when set, a key request naming another x-app_tid gets 400 (IAS)
     refused: int = 0  # key requests answered 400
+    tenant_keys: dict[str, list[Any]] = field(default_factory=dict)  # x-app_tid -> the keys served to it instead
     consumer_fetches: int = 0  # key requests for the main issuer naming a consumer (x-azp)
     tenant_domain: str = "accounts.idp.test"
     tenants: set[str] = field(default_factory=set)  # multi-tenant labels served under /t/<label>
@@ -106,6 +107,7 @@ class IdP:
             self.discovery_overrides.clear()
             self.known_tenants = None
             self.tenants.clear()
+            self.tenant_keys.clear()
             self.tenant_fetches.clear()
             self.tenant_consumer_fetches.clear()
             if keys is not None:
@@ -158,6 +160,8 @@ class IdP:
                 self.refused += refuse
             if refuse:  # IAS: {"error": ...} with 400 for an x-app_tid it does not know
                 return JSONResponse({"error": "invalid_request", "error_description": "unknown app_tid"}, 400)
+            if tid in self.tenant_keys:
+                return await self._answer(request, {"keys": [k.as_dict(private=False) for k in self.tenant_keys[tid]]})
             return await self._answer(request, self.jwks())
 
         async def tenant_discovery(request: Request) -> Response:

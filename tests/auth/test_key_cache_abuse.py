@@ -14,7 +14,7 @@ import pytest
 
 from tests._idp import IdP, TenantRouting
 
-from ._cases import KID
+from ._cases import KID, OTHER_KEY
 from ._guarded import (
     BINDING_TID,
     assert_invalid,
@@ -143,6 +143,25 @@ def test_token_of_a_leaked_key_for_a_new_consumer_stops_being_accepted_once_the_
         else:
             clock.advance(TTL)
         assert_invalid(c.get("/mcp", headers=bearer(stolen)))
+
+
+def test_keys_served_to_a_token_named_tenant_never_verify_and_a_tenant_not_served_the_key_is_refused(
+        ias: IdP, clock: Clock) -> None:
+    """A key set opened for a tenant and consumer taken from an unverified token is a yes/no, not a key source."""
+    evil = "tenant-evil"
+    ias.known_tenants.add(evil)
+    planted = idp_key(OTHER_KEY)  # other material behind the issuer's own kid...
+    extra = idp_key(OTHER_KEY, kid="planted-kid")  # ...and under a kid the issuer never published
+    ias.tenant_keys[evil] = [planted, extra]
+    with guarded(settings(ias), monotonic=clock) as g, httpx.Client(base_url=g.base_url, timeout=30) as c:
+        assert_ok(c.get("/mcp", headers=bearer(ias.mint(app_tid=T1))))
+        for key in (planted, extra):
+            for _ in range(2):
+                assert_invalid(c.get("/mcp", headers=bearer(ias.mint(key=key, app_tid=evil))))
+            clock.advance(MIN_REFRESH)
+        # A token signed by the issuer's real key, for a tenant IAS serves other keys to: refused.
+        assert_invalid(c.get("/mcp", headers=bearer(ias.mint(app_tid=evil))))
+        assert_ok(c.get("/mcp", headers=bearer(ias.mint(app_tid=T1))))
 
 
 # --- item 4: a verdict depends on what was verified before ------------------------------------------------
