@@ -14,7 +14,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -22,8 +22,12 @@ from ._claims import check_claims, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
 from ._jwks import JWKSCache
 from ._jws import parse_jws, verify_signature
+from ._sdk import verify_token as _sdk_verify_token
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
+
+if TYPE_CHECKING:
+    from mcp.server.auth.provider import AccessToken
 
 __all__ = ["TokenVerifier", "JWTVerifier"]
 
@@ -147,6 +151,14 @@ class JWTVerifier:
         if len(self._births) >= _NEW_KEY_SETS_PER_COOLDOWN:
             raise KeysUnavailable("too many new key sets at once", retry_after=max(1, math.ceil(window)))
         self._births.append(now)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The mcp SDK's ``TokenVerifier`` protocol, so ``MCPServer(token_verifier=JWTVerifier(...))`` works.
+
+        Returns None for every refusal (the SDK then answers 401, even for our 503); see `auth._sdk`.
+        """
+        s = self._settings
+        return await _sdk_verify_token(self, token, resource=s.resource_url, cert_binding=s.cert_binding)
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
