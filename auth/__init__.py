@@ -38,6 +38,7 @@ from ._errors import (
     KeysUnavailable,
     MissingToken,
 )
+from ._fastmcp import fastmcp_auth, permission_check
 from ._jwks import JWKSCache
 from ._mcp import ToolPermissionGate, filter_tools_middleware, protect
 from ._metadata import metadata_routes, protected_resource_metadata, resource_metadata_url
@@ -78,6 +79,9 @@ __all__ = [
     "expand_permissions",
     "ToolPermissionGate",
     "filter_tools_middleware",
+    # FastMCP (imports fastmcp only when called)
+    "fastmcp_auth",
+    "permission_check",
     # certificate-bound tokens (RFC 8705)
     "certificate_thumbprint",
     "parse_forwarded_client_cert",

@@ -15,10 +15,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp as StarletteApp
 
 from ._context import optional_token
 from ._errors import InsufficientScope
@@ -30,6 +31,7 @@ from ._token import VerifiedToken
 from ._verifier import JWTVerifier, TokenVerifier
 
 if TYPE_CHECKING:
+    from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
     from mcp.server.mcpserver import MCPServer
 
 __all__ = [
@@ -235,14 +237,12 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def filter_tools_middleware(
-    permissions: ToolPermissions,
-) -> Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]:
+def filter_tools_middleware(permissions: ToolPermissions) -> ServerMiddleware[Any]:
     """An MCP ``ServerMiddleware`` that drops from ``tools/list`` the tools the caller cannot call."""
 
-    async def middleware(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
-        if ctx.method != "tools/list":
+        if ctx.method != "tools/list" or result is None:
             return result
         token = optional_token()
         granted = token.permissions if token is not None else frozenset()
@@ -289,7 +289,7 @@ def protect(
     if permissions is None:
         permissions = ToolPermissions.from_server(mcp, aliases=settings.permission_aliases, implies=settings.implies)
     mcp.middleware.append(filter_tools_middleware(permissions))
-    endpoint: ASGIApp = app if app is not None else mcp.streamable_http_app(streamable_http_path=path)
+    endpoint = app if app is not None else cast(ASGIApp, mcp.streamable_http_app(streamable_http_path=path))
     owned = verifier is None
     token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
     scopes = sorted(permissions.all_permissions())
@@ -306,5 +306,6 @@ def protect(
                     await token_verifier.aclose()
 
     return Starlette(
-        routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=guarded)], lifespan=lifespan
+        routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=cast(StarletteApp, guarded))],
+        lifespan=lifespan,
     )
