@@ -6,9 +6,10 @@ individual operations on permissions. This package imports nothing from ``server
 or ``tools``.
 
     settings = load_settings(os.environ)
-    app = protect(mcp, settings)         # an MCPServer: metadata, 401/503, 403 gate, tools/list filter
+    app = protect(mcp, settings)    # an MCPServer: metadata, 401/503, 403 gate, tools/list filter
 
-    app = BearerAuthMiddleware(app, verifier=JWTVerifier(settings), settings=settings, protect=["/mcp"])
+    # any other ASGI app:
+    app = BearerAuthMiddleware(app, verifier=JWTVerifier(settings), settings=settings, protect=["/api"])
 """
 
 from ._binding import certificate_thumbprint, check_certificate_binding, parse_forwarded_client_cert
