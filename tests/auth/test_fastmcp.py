@@ -122,3 +122,23 @@ def test_permission_check_rejects_malformed_or_missing_names() -> None:
         permission_check()
     with pytest.raises(ValueError):
         permission_check("two words")
+
+
+def test_fastmcp_answers_a_refused_call_inside_http_200_not_with_403(
+    served: tuple[str, AuthSettings], idp: IdP
+) -> None:
+    """What the README's comparison says: FastMCP hides the tool; `protect` would answer 403 here."""
+    base, _ = served
+    headers = {"Authorization": f"Bearer {idp.mint(aud=base + '/mcp', ias_apis=[READ])}",
+               "Accept": "application/json, text/event-stream"}
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+        init = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}})
+        assert init.status_code == 200
+        session = {"mcp-session-id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+        call = http.post("/mcp", headers=session, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                                        "params": {"name": "archive", "arguments": {"note_id": 1}}})
+    assert call.status_code == 200
+    assert "www-authenticate" not in call.headers
+    assert '"isError":true' in call.text
