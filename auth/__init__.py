@@ -6,8 +6,10 @@ individual operations on permissions. This package imports nothing from ``server
 or ``tools``.
 
     settings = load_settings(os.environ)
-    verifier = JWTVerifier(settings)
-    app = BearerAuthMiddleware(app, verifier=verifier, settings=settings, protect=["/mcp"])
+    app = protect(mcp, settings)    # an MCPServer: metadata, 401/503, 403 gate, tools/list filter
+
+    # any other ASGI app:
+    app = BearerAuthMiddleware(app, verifier=JWTVerifier(settings), settings=settings, protect=["/api"])
 """
 
 from ._binding import certificate_thumbprint, check_certificate_binding, parse_forwarded_client_cert
@@ -37,18 +39,12 @@ from ._errors import (
     KeysUnavailable,
     MissingToken,
 )
+from ._fastmcp import fastmcp_auth, permission_check
 from ._jwks import JWKSCache
-from ._mcp import ToolPermissionGate, filter_tools_middleware
+from ._mcp import ToolPermissionGate, filter_tools_middleware, protect
 from ._metadata import metadata_routes, protected_resource_metadata, resource_metadata_url
 from ._middleware import BearerAuthMiddleware, bearer_token
-from ._scopes import (
-    REGISTRY,
-    PermissionRegistry,
-    expand_permissions,
-    missing_permissions,
-    requires,
-    set_permission_aliases,
-)
+from ._scopes import ToolPermissions, expand_permissions, missing_permissions, requires
 from ._settings import AuthSettings, CertBinding, IssuerConfig, Profile, load_settings
 from ._token import VerifiedToken
 from ._verifier import JWTVerifier, TokenVerifier
@@ -78,13 +74,15 @@ __all__ = [
     "resource_metadata_url",
     # permissions
     "requires",
-    "REGISTRY",
-    "PermissionRegistry",
+    "ToolPermissions",
+    "protect",
     "missing_permissions",
     "expand_permissions",
-    "set_permission_aliases",
     "ToolPermissionGate",
     "filter_tools_middleware",
+    # FastMCP (imports fastmcp only when called)
+    "fastmcp_auth",
+    "permission_check",
     # certificate-bound tokens (RFC 8705)
     "certificate_thumbprint",
     "parse_forwarded_client_cert",

@@ -178,7 +178,7 @@ _PARAM = re.compile(r'([A-Za-z0-9_!#$%&\'*+.^`|~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^
 def challenge_params(header: str) -> dict[str, str]:
     """The auth-params of a ``WWW-Authenticate: Bearer ...`` value (RFC 9110 §11.2), leniently."""
     _, _, rest = header.strip().partition(" ")
-    params = {}
+    params: dict[str, str] = {}
     for key, value in _PARAM.findall(rest):
         if value.startswith('"'):
             value = re.sub(r"\\(.)", r"\1", value[1:-1])

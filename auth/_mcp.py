@@ -5,29 +5,49 @@ HTTP 403 with an ``insufficient_scope`` challenge when a call needs more than th
 grants. `ToolPermissionGate` therefore reads the tool name before dispatch (the JSON-RPC
 body, checked against the ``Mcp-Name`` header when present) and replays the body to the
 SDK. `filter_tools_middleware` hides from ``tools/list`` what the caller could not call.
+`protect` wires the whole layer into an `MCPServer` app in one call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp as StarletteApp
 
 from ._context import optional_token
 from ._errors import InsufficientScope
-from ._metadata import resource_metadata_url
-from ._middleware import SCOPE_KEY, send_auth_error
-from ._scopes import REGISTRY, PermissionRegistry, missing_permissions
+from ._metadata import metadata_routes, resource_metadata_url
+from ._middleware import SCOPE_KEY, BearerAuthMiddleware, send_auth_error
+from ._scopes import _ACTIVE, ToolPermissions
 from ._settings import AuthSettings
 from ._token import VerifiedToken
+from ._verifier import JWTVerifier, TokenVerifier
 
-__all__ = ["ToolPermissionGate", "filter_tools_middleware", "tool_names", "BodyTooLarge", "FORBIDDEN"]
+if TYPE_CHECKING:
+    from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
+    from mcp.server.mcpserver import MCPServer
+
+__all__ = [
+    "ToolPermissionGate",
+    "filter_tools_middleware",
+    "protect",
+    "tool_names",
+    "BodyTooLarge",
+    "FORBIDDEN",
+]
 
 audit = logging.getLogger("audit")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 
 class BodyTooLarge(Exception):
@@ -60,8 +80,9 @@ class ToolPermissionGate:
 
     Args:
         app: the MCP streamable-HTTP app.
-        settings: the resource URL (for ``resource_metadata``) and permission aliases.
-        registry: where tools declared their permissions (`auth.requires` writes to `REGISTRY`).
+        settings: the resource URL (for ``resource_metadata``).
+        permissions: the server's table (tool -> permissions, aliases, implication rules);
+            also made the table the call-time check of `requires` reads during the request.
         protect: path prefixes of MCP endpoints.
         max_body: request body cap in bytes (413 beyond it).
         clock: for the audit line's duration.
@@ -69,23 +90,29 @@ class ToolPermissionGate:
 
     def __init__(
         self,
-        app: Callable[..., Awaitable[None]],
+        app: ASGIApp,
         *,
         settings: AuthSettings,
-        registry: PermissionRegistry = REGISTRY,
+        permissions: ToolPermissions,
         protect: tuple[str, ...] = ("/mcp",),
         max_body: int = 1024 * 1024,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.app = app
-        self._registry = registry
-        self._aliases: Mapping[str, str] = settings.permission_aliases
+        self._permissions = permissions
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._max_body = max_body
         self._clock = clock
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Callable[..., Awaitable[None]]) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        handle = _ACTIVE.set(self._permissions)  # what `requires` checks at call time, for this request
+        try:
+            await self._gate(scope, receive, send)
+        finally:
+            _ACTIVE.reset(handle)
+
+    async def _gate(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         token: VerifiedToken | None = scope.get(SCOPE_KEY)
         path = scope.get("path", "")
         if (
@@ -104,10 +131,7 @@ class ToolPermissionGate:
             return
         message = _parse(body)
         names = [*_header_names(scope), *tool_names(message)]
-        required = (
-            frozenset().union(*(self._registry.required(n, self._aliases) for n in names)) if names else frozenset()
-        )
-        missing = missing_permissions(token.permissions, required)
+        required, missing = self._permissions.missing(names, token.permissions)
         if missing:
             tool = ",".join(dict.fromkeys(n for n in names if n))  # Mcp-Name repeats the body name
             audit.info(
@@ -202,7 +226,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _plain(send: Callable[..., Awaitable[None]], status: int, body: bytes) -> None:
+async def _plain(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -213,15 +237,12 @@ async def _plain(send: Callable[..., Awaitable[None]], status: int, body: bytes)
     await send({"type": "http.response.body", "body": body})
 
 
-def filter_tools_middleware(
-    settings: AuthSettings, registry: PermissionRegistry = REGISTRY
-) -> Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]:
+def filter_tools_middleware(permissions: ToolPermissions) -> ServerMiddleware[Any]:
     """An MCP ``ServerMiddleware`` that drops from ``tools/list`` the tools the caller cannot call."""
-    aliases = settings.permission_aliases
 
-    async def middleware(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
-        if ctx.method != "tools/list":
+        if ctx.method != "tools/list" or result is None:
             return result
         token = optional_token()
         granted = token.permissions if token is not None else frozenset()
@@ -230,11 +251,61 @@ def filter_tools_middleware(
         if isinstance(tools, list):
             as_dict = dict(as_dict)
             as_dict["tools"] = [
-                t
-                for t in tools
-                if isinstance(t, dict)
-                and not missing_permissions(granted, registry.required(t.get("name", ""), aliases))
+                t for t in tools if isinstance(t, dict) and permissions.allows(str(t.get("name", "")), granted)
             ]
         return as_dict
 
     return middleware
+
+
+def protect(
+    mcp: MCPServer,
+    settings: AuthSettings,
+    permissions: ToolPermissions | None = None,
+    *,
+    verifier: TokenVerifier | None = None,
+    app: ASGIApp | None = None,
+    path: str = "/mcp",
+    routes: Sequence[BaseRoute] = (),
+    max_body: int = 1024 * 1024,
+) -> Starlette:
+    """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
+
+    The result serves the RFC 9728 metadata (path and root form), any extra open ``routes``, and
+    the MCP endpoint behind `BearerAuthMiddleware` (401/503) and `ToolPermissionGate` (403); it adds
+    `filter_tools_middleware` to ``mcp`` and runs the SDK's session manager in its lifespan. Call it
+    after every tool is registered: the permission table is read from the registered tools once.
+
+    Args:
+        mcp: the server, with its tools registered.
+        settings: the auth settings (issuers, resource URL, aliases, implication rules).
+        permissions: defaults to `ToolPermissions.from_server` with the settings' aliases and rules.
+        verifier: defaults to a `JWTVerifier` over ``settings``, closed when the app shuts down.
+        app: the MCP endpoint app; defaults to ``mcp.streamable_http_app(streamable_http_path=path)``.
+        path: the MCP endpoint's path.
+        routes: open routes served beside the endpoint (health checks, a dev issuer).
+        max_body: request body cap of the gate in bytes (413 beyond it).
+    """
+    if permissions is None:
+        permissions = ToolPermissions.from_server(mcp, aliases=settings.permission_aliases, implies=settings.implies)
+    mcp.middleware.append(filter_tools_middleware(permissions))
+    endpoint = app if app is not None else cast(ASGIApp, mcp.streamable_http_app(streamable_http_path=path))
+    owned = verifier is None
+    token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
+    scopes = sorted(permissions.all_permissions())
+    gated = ToolPermissionGate(endpoint, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
+    guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with mcp.session_manager.run():
+            try:
+                yield
+            finally:
+                if owned and isinstance(token_verifier, JWTVerifier):
+                    await token_verifier.aclose()
+
+    return Starlette(
+        routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=cast(StarletteApp, guarded))],
+        lifespan=lifespan,
+    )

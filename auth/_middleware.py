@@ -7,11 +7,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from mcp.server.auth.middleware.auth_context import auth_context_var
+
 from ._binding import certificate_check as _binding_check
 from ._challenge import error_body, error_headers
 from ._context import bind_token, reset_token
 from ._errors import AuthError, InvalidToken, MissingToken
 from ._metadata import resource_metadata_url
+from ._sdk import PrincipalCache
 from ._settings import AuthSettings
 from ._token import VerifiedToken
 from ._verifier import TokenVerifier
@@ -78,7 +81,11 @@ class BearerAuthMiddleware:
     """Require a verified bearer token on the protected paths; leave every other path open.
 
     The principal reaches handlers as ``scope["auth.token"]``, ``request.state.token`` and
-    `auth.current_token()`.
+    `auth.current_token()`; and where the mcp SDK and Starlette look for it: the SDK's
+    ``get_access_token()``, ``scope["user"]`` (the SDK's ``AuthenticatedUser``, a Starlette
+    ``BaseUser``, which the SDK's stateful transport also binds sessions to) and
+    ``scope["auth"]`` (Starlette ``AuthCredentials`` with the permissions as scopes, so
+    ``starlette.authentication.requires`` works).
 
     Args:
         app: the ASGI app to guard.
@@ -106,6 +113,7 @@ class BearerAuthMiddleware:
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
         self._certificate_check = certificate_check if certificate_check is not None else _binding_check(settings)
+        self._principals = PrincipalCache(settings.resource_url)
 
     def _protected(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self._protect)
@@ -134,12 +142,18 @@ class BearerAuthMiddleware:
                 return
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)
             return
+        # authenticate() succeeded, so the header parses; the raw token keys the SDK's view of it.
+        user, credentials = self._principals.get(token, bearer_token(scope.get("headers", ())))
         scope[SCOPE_KEY] = token
         scope.setdefault("state", {})["token"] = token
+        scope["user"] = user
+        scope["auth"] = credentials
         handle = bind_token(token)
+        sdk_handle = auth_context_var.set(user)
         try:
             await self.app(scope, receive, send)
         finally:
+            auth_context_var.reset(sdk_handle)
             reset_token(handle)
 
     async def authenticate(self, scope: dict[str, Any]) -> VerifiedToken:

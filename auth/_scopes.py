@@ -1,8 +1,11 @@
-"""Per-operation permission requirements: a decorator, a registry, and pure set arithmetic.
+"""Per-tool permission requirements: a marking decorator, the server-owned table, and pure set arithmetic.
 
-The decorator records what a tool needs where the tool is written; the registry is read
-by the HTTP gate (403 before dispatch) and by ``tools/list`` filtering; the check inside
-the decorator stays as defence in depth for calls that bypass the gate.
+``@requires(...)`` marks the function object itself (``__mcp_permissions__``), so the
+requirement travels with whatever the MCP SDK registers, under whatever name.
+`ToolPermissions.from_server` reads those marks once at start-up; the server owns the
+result (with its aliases and implication rules) and hands it to the HTTP gate (403 before
+dispatch), the ``tools/list`` filter, the metadata's ``scopes_supported`` and, through a
+context variable the gate sets per request, the defence-in-depth check at call time.
 """
 
 from __future__ import annotations
@@ -10,27 +13,39 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._context import current_token
 from ._errors import InsufficientScope
 
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
 __all__ = [
     "requires",
-    "PermissionRegistry",
-    "REGISTRY",
+    "ToolPermissions",
+    "PERMISSIONS_ATTR",
+    "declared_permissions",
     "missing_permissions",
     "expand_permissions",
     "parse_permission_name",
-    "set_permission_aliases",
+    "active_permissions",
+    "using_permissions",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+PERMISSIONS_ATTR = "__mcp_permissions__"
+"""The attribute `requires` sets on a tool function: a frozenset of logical permission names."""
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+_EMPTY: frozenset[str] = frozenset()
 
 
 def parse_permission_name(name: str) -> str:
@@ -61,85 +76,187 @@ def expand_permissions(granted: Iterable[str], implies: Mapping[str, frozenset[s
     return frozenset(result)
 
 
-class PermissionRegistry:
-    """Maps an operation name (a tool name) to the permissions it needs.
-
-    Names declared in the decorator are logical; ``aliases`` (from configuration) map
-    them to the permission groups a deployment actually grants, so an application whose
-    IAS instance provides ``notes.read`` can keep tools declaring ``api_read_access``.
-    """
-
-    def __init__(self) -> None:
-        self._needs: dict[str, frozenset[str]] = {}
-
-    def declare(self, name: str, permissions: Iterable[str]) -> None:
-        """Record that operation ``name`` needs ``permissions`` (replaces an earlier declaration)."""
-        self._needs[name] = frozenset(parse_permission_name(p) for p in permissions)
-
-    def required(self, name: str, aliases: Mapping[str, str] | None = None) -> frozenset[str]:
-        """Permissions operation ``name`` needs, after aliasing; empty when it declared none."""
-        declared = self._needs.get(name, frozenset())
-        if not aliases:
-            return declared
-        return frozenset(aliases.get(p, p) for p in declared)
-
-    def declared(self) -> Mapping[str, frozenset[str]]:
-        """A read-only snapshot of every declaration (logical names)."""
-        return dict(self._needs)
-
-    def all_permissions(self, aliases: Mapping[str, str] | None = None) -> frozenset[str]:
-        """Every permission any operation needs, after aliasing (feeds ``scopes_supported``)."""
-        return frozenset().union(*(self.required(n, aliases) for n in self._needs)) if self._needs else frozenset()
+def declared_permissions(fn: object) -> frozenset[str]:
+    """The logical permissions `requires` marked ``fn`` with; empty for an unmarked function."""
+    marked = getattr(fn, PERMISSIONS_ATTR, _EMPTY)
+    return marked if isinstance(marked, frozenset) else _EMPTY
 
 
-REGISTRY = PermissionRegistry()
-"""The process-wide registry the decorator writes to by default."""
+class ToolPermissions:
+    """The permissions each registered tool needs, owned by one server.
 
-_ALIASES: dict[str, str] = {}
-
-
-def set_permission_aliases(aliases: Mapping[str, str]) -> None:
-    """Install the deployment's permission aliases (settings) for the check inside `requires`."""
-    _ALIASES.clear()
-    _ALIASES.update(aliases)
-
-
-def requires(
-    *permissions: str, name: str | None = None, registry: PermissionRegistry | None = None
-) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-    """Declare the permissions an async handler (an MCP tool) needs.
-
-    The wrapped function keeps its signature (the MCP SDK builds the input schema from it)
-    and refuses to run, raising `InsufficientScope`, when the current token lacks a permission.
+    Tools declare logical names (``api_write_access``); ``aliases`` map them to the permission
+    groups a deployment actually grants (``notes.write``), and ``implies`` closes a granted set
+    (MCP 2026-07-28: a broader scope implies narrower ones). Immutable once built.
 
     Args:
-        permissions: permission group names (RFC 6749 scope tokens); at least one.
-        name: the operation name to register under; defaults to the function's name,
-            which is what ``@mcp.tool()`` uses as the tool name.
-        registry: where to record the requirement; defaults to `REGISTRY`.
+        declared: tool name -> logical permission names.
+        aliases: logical name -> granted name.
+        implies: granted name -> the names it implies.
+    """
+
+    __slots__ = ("_declared", "_required", "_aliases", "_implies", "_all")
+
+    def __init__(
+        self,
+        declared: Mapping[str, Iterable[str]] | None = None,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        implies: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        self._aliases: Mapping[str, str] = MappingProxyType(dict(aliases or {}))
+        self._implies: Mapping[str, frozenset[str]] = MappingProxyType(dict(implies or {}))
+        self._declared: Mapping[str, frozenset[str]] = MappingProxyType(
+            {name: frozenset(parse_permission_name(p) for p in perms) for name, perms in (declared or {}).items()}
+        )
+        # Resolved once: the gate and the list filter look tools up on every request.
+        self._required: Mapping[str, frozenset[str]] = MappingProxyType(
+            {name: self.resolve(perms) for name, perms in self._declared.items() if perms}
+        )
+        self._all: frozenset[str] = frozenset().union(*self._required.values())
+
+    @classmethod
+    def from_tools(
+        cls,
+        tools: Iterable[tuple[str, Callable[..., Any]]],
+        *,
+        aliases: Mapping[str, str] | None = None,
+        implies: Mapping[str, frozenset[str]] | None = None,
+    ) -> ToolPermissions:
+        """Build the table from ``(registered name, function)`` pairs, reading each function's mark."""
+        return cls({name: declared_permissions(fn) for name, fn in tools}, aliases=aliases, implies=implies)
+
+    @classmethod
+    def from_server(
+        cls,
+        mcp: MCPServer,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        implies: Mapping[str, frozenset[str]] | None = None,
+    ) -> ToolPermissions:
+        """Build the table from the tools ``mcp`` has registered so far (call it after registering them).
+
+        Reads the function the SDK registered under each tool's name, so ``@mcp.tool(name="archive")``
+        over ``@requires(...)`` is found under ``archive``.
+        """
+        # The SDK exposes registered Tool objects (with their functions) only on its tool manager.
+        registered = mcp._tool_manager.list_tools()
+        return cls.from_tools(((t.name, t.fn) for t in registered), aliases=aliases, implies=implies)
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        """Logical name -> the permission group the deployment grants."""
+        return self._aliases
+
+    @property
+    def implies(self) -> Mapping[str, frozenset[str]]:
+        """Granted name -> the names it implies."""
+        return self._implies
+
+    def declared(self) -> Mapping[str, frozenset[str]]:
+        """Every tool's logical permissions (a read-only view; tools without any included)."""
+        return self._declared
+
+    def resolve(self, permissions: Iterable[str]) -> frozenset[str]:
+        """Logical names after aliasing (pure)."""
+        return frozenset(self._aliases.get(p, p) for p in permissions)
+
+    def required(self, tool: str) -> frozenset[str]:
+        """What calling ``tool`` needs, after aliasing; empty for an unknown or open tool."""
+        return self._required.get(tool, _EMPTY)
+
+    def granted(self, permissions: frozenset[str]) -> frozenset[str]:
+        """``permissions`` closed under the implication rules."""
+        return expand_permissions(permissions, self._implies) if self._implies else permissions
+
+    def missing(self, tools: Iterable[str], granted: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """``(required, missing)`` for calling every tool in ``tools`` with ``granted``."""
+        required = frozenset().union(*(self.required(t) for t in tools))
+        if not required:
+            return _EMPTY, _EMPTY
+        return required, missing_permissions(self.granted(granted), required)
+
+    def allows(self, tool: str, granted: frozenset[str]) -> bool:
+        """True when ``granted`` covers what ``tool`` needs."""
+        required = self.required(tool)
+        return not required or not missing_permissions(self.granted(granted), required)
+
+    def all_permissions(self) -> frozenset[str]:
+        """Every permission any tool needs, after aliasing (feeds ``scopes_supported``)."""
+        return self._all
+
+    def __repr__(self) -> str:
+        return f"ToolPermissions({dict(self._required)!r})"
+
+
+_ACTIVE: ContextVar[ToolPermissions | None] = ContextVar("auth_tool_permissions", default=None)
+
+
+def active_permissions() -> ToolPermissions | None:
+    """The table of the server handling the current request (set by the gate), or None."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def using_permissions(permissions: ToolPermissions) -> Iterator[None]:
+    """Make ``permissions`` the table the call-time check reads, for the duration of the block."""
+    handle = _ACTIVE.set(permissions)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(handle)
+
+
+def _check(needed: frozenset[str]) -> None:
+    """The call-time check: the current token must cover ``needed`` as the serving server resolves it."""
+    token = current_token()
+    table = _ACTIVE.get()
+    if table is None:  # in-process use without a gate: logical names, no implication rules
+        required, missing = needed, missing_permissions(token.permissions, needed)
+    else:
+        required = table.resolve(needed)
+        missing = missing_permissions(table.granted(token.permissions), required)
+    if missing:
+        raise InsufficientScope(required, missing)
+
+
+def requires(*permissions: str) -> Callable[[F], F]:
+    """Declare the permissions a tool needs, on the tool function itself (sync or async).
+
+    Put it under ``@mcp.tool(...)``: the SDK registers the returned function, which carries the
+    mark whatever name the tool is registered under. The wrapper keeps the signature (the SDK
+    builds the input schema from it) and, as defence in depth behind the HTTP gate, refuses to
+    run with `InsufficientScope` when the current token lacks a permission.
+
+    Args:
+        permissions: logical permission names (RFC 6749 scope tokens); at least one.
 
     Raises:
-        ValueError: no permission given, a name that is not a scope token, or a sync function.
+        ValueError: no permission given, or a name that is not a scope token.
     """
     if not permissions:
         raise ValueError("requires() needs at least one permission")
     needed = frozenset(parse_permission_name(p) for p in permissions)
-    target = registry if registry is not None else REGISTRY
 
-    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-        if not inspect.iscoroutinefunction(fn):
-            raise ValueError(f"requires() applies to async functions; {fn.__qualname__} is not")
-        target.declare(name or fn.__name__, needed)
+    def mark(fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
 
-        @functools.wraps(fn)
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            token = current_token()
-            resolved = frozenset(_ALIASES.get(p, p) for p in needed)
-            missing = missing_permissions(token.permissions, resolved)
-            if missing:
-                raise InsufficientScope(resolved, missing)
-            return await fn(*args, **kwargs)
+            @functools.wraps(fn)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                _check(needed)
+                return await fn(*args, **kwargs)
 
-        return guarded
+            guarded: Callable[..., Any] = guarded_async
+        else:
 
-    return decorate
+            @functools.wraps(fn)
+            def guarded_sync(*args: Any, **kwargs: Any) -> Any:
+                _check(needed)  # the SDK runs sync tools on a worker thread with the request's context
+                return fn(*args, **kwargs)
+
+            guarded = guarded_sync
+        # Stacked decorators add up; functools.wraps copied an inner mark, so union with it.
+        setattr(guarded, PERMISSIONS_ATTR, declared_permissions(fn) | needed)
+        return cast(F, guarded)
+
+    return mark

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
@@ -33,8 +33,12 @@ from ._claims import check_claims, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
 from ._jws import parse_jws, verify_signature
+from ._sdk import verify_token as _sdk_verify_token
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
+
+if TYPE_CHECKING:
+    from mcp.server.auth.provider import AccessToken
 
 __all__ = ["TokenVerifier", "JWTVerifier", "ias_key_headers", "consumer_decision"]
 
@@ -325,6 +329,14 @@ class JWTVerifier:
         consumer.outcome = "ok"
         consumer.thumbprints = frozenset(thumb for _, thumb in served.values())
         consumer.answered_at = consumer.attempted_at
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The mcp SDK's ``TokenVerifier`` protocol, so ``MCPServer(token_verifier=JWTVerifier(...))`` works.
+
+        Returns None for every refusal (the SDK then answers 401, even for our 503); see `auth._sdk`.
+        """
+        s = self._settings
+        return await _sdk_verify_token(self, token, resource=s.resource_url, cert_binding=s.cert_binding)
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.

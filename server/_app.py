@@ -3,6 +3,7 @@
 Request path, outermost first::
 
     HostOriginGuard        421 foreign Host, 403 foreign Origin
+    auth.protect(...):
     Starlette routes       /health, RFC 9728 metadata, the dev issuer (dev mode only)
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
@@ -11,29 +12,17 @@ Request path, outermost first::
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
-from auth import (
-    REGISTRY,
-    BearerAuthMiddleware,
-    JWTVerifier,
-    PermissionRegistry,
-    TokenVerifier,
-    ToolPermissionGate,
-    filter_tools_middleware,
-    metadata_routes,
-    set_permission_aliases,
-)
+from auth import TokenVerifier, ToolPermissions, protect
 from tools import NotesStore, register
 
 from ._guard import HostOriginGuard
@@ -50,13 +39,13 @@ INSTRUCTIONS = (
 )
 
 
-def build_mcp(settings: ServerSettings, store: NotesStore, registry: PermissionRegistry = REGISTRY) -> MCPServer:
-    """The `MCPServer` with every tool registered and ``tools/list`` filtered per caller."""
+def build_mcp(settings: ServerSettings, store: NotesStore) -> MCPServer:
+    """The `MCPServer` with every tool registered (`auth.protect` adds the per-caller ``tools/list`` filter)."""
     mcp = MCPServer(
         "btp-notes",
         instructions=INSTRUCTIONS,
         log_level="WARNING",  # the SDK's per-request INFO line through rich costs ~40 % throughput
-        middleware=[audit_middleware(), filter_tools_middleware(settings.auth, registry)],
+        middleware=[audit_middleware()],
     )
     register(mcp, store)
     return mcp
@@ -67,7 +56,6 @@ def create_app(
     *,
     verifier: TokenVerifier | None = None,
     extra_routes: list[BaseRoute] | None = None,
-    registry: PermissionRegistry = REGISTRY,
     customize: Callable[[MCPServer], None] | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
@@ -76,17 +64,17 @@ def create_app(
         settings: the one settings object.
         verifier: defaults to a `JWTVerifier` over ``settings.auth`` (closed on shutdown).
         extra_routes: open routes served beside the MCP endpoint (the dev issuer's).
-        registry: where tools declare their permissions.
         customize: called with the `MCPServer` after the built-in tools are registered
             (tests and users add their own tools here).
     """
-    set_permission_aliases(settings.auth.permission_aliases)
     store = NotesStore(settings.notes_db)
-    mcp = build_mcp(settings, store, registry)
+    mcp = build_mcp(settings, store)
     if customize is not None:
         customize(mcp)
-    own_verifier = verifier is None
-    token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings.auth)
+    # The server owns its permission table, read from the tools as registered (whatever their names).
+    permissions = ToolPermissions.from_server(
+        mcp, aliases=settings.auth.permission_aliases, implies=settings.auth.implies
+    )
     sdk_app = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=True,  # SSE costs ~40 % throughput and buys nothing for request/response tools
@@ -98,34 +86,21 @@ def create_app(
             allowed_origins=list(settings.allowed_origins),
         ),
     )
-    scopes = sorted(registry.all_permissions(settings.auth.permission_aliases))
-    gated = ToolPermissionGate(
-        _post_only(sdk_app), settings=settings.auth, registry=registry, max_body=settings.max_body_bytes
-    )
-    protected = BearerAuthMiddleware(
-        gated, verifier=token_verifier, settings=settings.auth, protect=[MCP_PATH], scopes=scopes
-    )
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run():
-            log.info("serving %s", settings.auth.resource_url)
-            try:
-                yield
-            finally:
-                if own_verifier and isinstance(token_verifier, JWTVerifier):
-                    await token_verifier.aclose()
-
-    routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET"]),
-        *metadata_routes(settings.auth, scopes),
-        *(extra_routes or []),
-        Mount("/", app=protected),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = protect(
+        mcp,
+        settings.auth,
+        permissions,
+        verifier=verifier,
+        app=_post_only(sdk_app),
+        path=MCP_PATH,
+        routes=[Route("/health", health, methods=["GET"]), *(extra_routes or [])],
+        max_body=settings.max_body_bytes,
+    )
+    log.info("serving %s", settings.auth.resource_url)
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     return ServerApp(guard, mcp=mcp, store=store)
 

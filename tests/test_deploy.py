@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests._idp import running_idp
 
@@ -33,8 +35,30 @@ def _manifest_value(key: str) -> str:
 def test_requirements_txt_is_in_sync_with_pyproject() -> None:
     result = subprocess.run([sys.executable, str(ROOT / ".ci/gen_requirements.py"), "--check"], check=False)
     assert result.returncode == 0, "requirements.txt is stale: run python .ci/gen_requirements.py"
-    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert all("==" in pin for pin in pins), "runtime dependencies must be pinned"
+
+
+def _ranges_and_pins() -> tuple[dict[str, Requirement], dict[str, Requirement]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = [*project["project"]["dependencies"], *project["project"]["optional-dependencies"]["server"]]
+    ranges = {canonicalize_name(r.name): r for r in map(Requirement, declared)}
+    pins = {canonicalize_name(r.name): r for r in map(Requirement, project["tool"]["deploy"]["pins"])}
+    return ranges, pins
+
+
+def test_runtime_dependencies_are_ranges_and_every_one_has_an_exact_pin_inside_it() -> None:
+    ranges, pins = _ranges_and_pins()
+    assert set(pins) == set(ranges), "pin exactly the runtime dependencies (library and server)"
+    for name, pin in pins.items():
+        (spec,) = pin.specifier
+        assert spec.operator == "==", f"{pin} is not an exact pin"
+        assert ranges[name].specifier.contains(spec.version), f"{pin} is outside {ranges[name]}"
+        assert not any(s.operator == "==" for s in ranges[name].specifier), f"{ranges[name]} is a pin, not a range"
+
+
+def test_pin_check_would_notice_a_pin_outside_its_range() -> None:
+    ranges, _ = _ranges_and_pins()
+    assert not ranges["mcp"].specifier.contains("3.0.0")
+    assert not ranges["starlette"].specifier.contains("0.1.0")
 
 
 def test_runtime_txt_names_the_python_the_tests_run_on() -> None:

@@ -7,8 +7,9 @@ The server calls `register` once at start-up, after building its `MCPServer`::
 
 Adding a tool is one decorated function inside `tools.notes.register_notes` (or a new
 ``register_*`` called from `register`). ``@mcp.tool()`` goes on top, ``@requires`` under
-it; the permission lands in ``auth.REGISTRY`` under the tool's name, which the
-HTTP gate and ``tools/list`` filtering read. The docstring is what the model is told::
+it; the permission is marked on the registered function, whatever the tool's name, and
+the server's `auth.ToolPermissions` (read from the registered tools) feeds the HTTP gate
+and ``tools/list`` filtering. Sync and async tools alike. The docstring is what the model is told::
 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
@@ -34,8 +35,8 @@ __all__ = ["register", "NotesStore", "Note", "NoteError", "READ", "WRITE"]
 def register(mcp: MCPServer, store: NotesStore) -> None:
     """Register every tool on ``mcp``: ``whoami`` and the note tools backed by ``store``.
 
-    Call it once per server; the permission declarations go to the process-wide
-    ``auth.REGISTRY`` (a second call replaces them with the same values).
+    Call it once per server; each tool carries its permission declaration, so two servers
+    in one process share nothing.
     """
     register_whoami(mcp)
     register_notes(mcp, store)

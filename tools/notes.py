@@ -1,8 +1,8 @@
 """The example tools: ``whoami`` and notes kept in a `NotesStore`.
 
 Each tool is one function: ``@mcp.tool()`` on top (name = function name; the docstring is
-the description the model reads), ``@requires(...)`` under it (declares the permission in
-`auth.REGISTRY` under the same name, and checks it when the tool runs). The tools
+the description the model reads), ``@requires(...)`` under it (marks the function with the
+permission, which the server's `auth.ToolPermissions` reads, and checks it when the tool runs). The tools
 are closures over the store, so two servers in one process (tests) keep separate stores.
 
 The store is synchronous; every call runs on a worker thread (`anyio.to_thread.run_sync`)

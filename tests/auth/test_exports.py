@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import auth
@@ -51,3 +53,16 @@ def test_import_scanner_would_notice_an_app_import(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import server.app\nfrom tools import notes\nfrom ..server import x\n", encoding="utf-8")
     assert _imports(probe) == [("server.app", 0), ("tools", 0), ("server", 2)]
+
+
+def test_importing_auth_does_not_import_fastmcp() -> None:
+    """FastMCP support is optional: ``auth`` imports ``fastmcp`` only when its adapter is called."""
+    probe = "import sys, auth; assert 'fastmcp' not in sys.modules, 'fastmcp imported'"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_public_api_offers_the_sdk_and_fastmcp_fit() -> None:
+    assert {"protect", "ToolPermissions", "requires", "fastmcp_auth", "permission_check"} <= set(auth.__all__)
+    assert not {"REGISTRY", "PermissionRegistry", "set_permission_aliases"} & set(auth.__all__)
+    assert callable(getattr(auth.JWTVerifier, "verify_token", None))

@@ -6,8 +6,8 @@
             await client.call_tool("list_notes", {})
 
 Tokens always come from the issuer's token endpoint over HTTP (HTTP Basic), as a real
-client would get them. The permission registry is process-global (``auth._scopes.REGISTRY``);
-tests that add tools use `isolated_registry`.
+client would get them. Each app owns its permission table (read from its registered tools), so
+tests that add tools share nothing with other tests.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
-from auth._scopes import REGISTRY
 from server import create_app
 from server._dev_issuer import DevIssuer
 from server._main import dev_settings
@@ -196,13 +195,6 @@ def challenge_params(header: str) -> dict[str, str]:
         params[key] = "".join(value)
         i += 1
     return params
-
-
-@pytest.fixture
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Let a test declare tools in the process-wide registry without leaking them to other tests."""
-    monkeypatch.setattr(REGISTRY, "_needs", dict(REGISTRY._needs))
-    yield
 
 
 @pytest.fixture(scope="module")

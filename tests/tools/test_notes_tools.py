@@ -19,7 +19,7 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 import tools
 from auth._context import bind_token, reset_token
 from auth._errors import InsufficientScope, MissingToken
-from auth._scopes import REGISTRY
+from auth._scopes import ToolPermissions
 from auth._token import VerifiedToken
 from tools import NotesStore
 
@@ -65,18 +65,20 @@ def server(store: NotesStore) -> MCPServer:
 
 
 def test_write_tools_declare_write_permission(server: MCPServer) -> None:
-    assert REGISTRY.required("create_note") == {"api_write_access"}
+    permissions = ToolPermissions.from_server(server)
+    assert permissions.required("create_note") == {"api_write_access"}
     for name in WRITE_TOOLS:
-        assert REGISTRY.required(name) == {"api_write_access"}, name
+        assert permissions.required(name) == {"api_write_access"}, name
 
 
 def test_read_tools_declare_read_permission(server: MCPServer) -> None:
+    permissions = ToolPermissions.from_server(server)
     for name in READ_TOOLS:
-        assert REGISTRY.required(name) == {"api_read_access"}, name
+        assert permissions.required(name) == {"api_read_access"}, name
 
 
 def test_whoami_declares_no_permission(server: MCPServer) -> None:
-    assert REGISTRY.required("whoami") == frozenset()
+    assert ToolPermissions.from_server(server).required("whoami") == frozenset()
 
 
 async def test_server_lists_every_tool_with_read_only_hints(server: MCPServer) -> None:
