@@ -10,6 +10,7 @@ the directory) avoids it; both are shown here.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,12 @@ def test_mcp_remote_keeps_the_previous_identitys_token_per_server_url(
         m.initialize()
         who = m.call_tool("whoami")["structuredContent"]["client_id"]
     assert who == "dev-full"  # the cached token wins: the pitfall the README warns about
+
+    for stored in cache_dir.glob("mcp-remote-*"):  # the README's fix: clear the store
+        shutil.rmtree(stored)
+    with mcp_remote(node_tools, served, cache_dir, "dev-read", "dev-read-secret") as m:
+        m.initialize()
+        assert m.call_tool("whoami")["structuredContent"]["client_id"] == "dev-read"
 
 
 def test_mcp_remote_with_one_config_dir_per_identity_is_refused_a_write(
