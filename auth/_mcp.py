@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -148,6 +149,10 @@ class ToolPermissionGate:
                 },
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
+            needs = self._registry.required
+            granted = token.permissions
+            refused = [n for n in dict.fromkeys(names) if missing_permissions(granted, needs(n, self._aliases))]
+            exc.description = refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
         await self.app(scope, _replay(body, receive), send)
@@ -191,6 +196,22 @@ def _header_names(scope: dict[str, Any]) -> list[str]:
     return names
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+
+def refusal_text(tools: list[str], missing: frozenset[str]) -> str:
+    """Why a tool call is refused, e.g. "Tool create_note needs permission api_write_access, ..." (pure).
+
+    Goes into ``error_description`` (RFC 6750 §3: printable ASCII without ``"`` and ``\\``), so
+    names outside a conservative character set are left out rather than escaped.
+    """
+    shown = [t for t in tools if _SAFE_NAME.fullmatch(t)]
+    perms = [p for p in sorted(missing) if _SAFE_NAME.fullmatch(p)]
+    what = f"Tool {', '.join(shown)}" if shown else "This tool"
+    need = f"permission {' and '.join(perms)}" if perms else "a permission"
+    return f"{what} needs {need}, which the access token does not grant"
+
+
 def _jsonrpc_denial(message: object, exc: InsufficientScope) -> bytes | None:
     """A JSON-RPC error answering the refused request, so MCP clients show why (None for batches).
 
@@ -206,8 +227,13 @@ def _jsonrpc_denial(message: object, exc: InsufficientScope) -> bytes | None:
             "id": message["id"],
             "error": {
                 "code": FORBIDDEN,
-                "message": f"insufficient_scope: this tool needs the permission {scope}",
-                "data": {"error": "insufficient_scope", "scope": scope, "status": 403},
+                "message": f"insufficient_scope (HTTP 403): {exc.description}",
+                "data": {
+                    "error": "insufficient_scope",
+                    "scope": scope,
+                    "missing": sorted(exc.missing),
+                    "status": 403,
+                },
             },
         }
     ).encode()

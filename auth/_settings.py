@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -70,6 +71,7 @@ class AuthSettings:
     retry_after_s: int = 30
     jwks_min_refresh_s: float = 5.0  # an unknown kid refreshes an issuer's keys at most this often
     jwks_max_stale_s: float = 3600.0  # keys keep serving this long past their TTL while refreshes fail
+    ca_file: str | None = None  # extra trusted CAs (PEM) for discovery and key fetches
 
     def __post_init__(self) -> None:
         if not self.issuers:
@@ -171,12 +173,49 @@ def _pairs(env: Mapping[str, str], name: str, sep: str) -> list[tuple[str, str]]
     return pairs
 
 
-def _vcap_binding(vcap: Mapping[str, Any], label: str) -> Mapping[str, Any] | None:
+BINDING_SETTINGS = {"identity": "MCP_AUTH_IDENTITY_SERVICE", "xsuaa": "MCP_AUTH_XSUAA_SERVICE"}
+
+
+def _vcap_binding(vcap: Mapping[str, Any], label: str, env: Mapping[str, str]) -> Mapping[str, Any] | None:
+    """The credentials of the ``label`` binding; with several, the one the setting names.
+
+    Raises:
+        ConfigError: naming ``MCP_AUTH_IDENTITY_SERVICE``/``MCP_AUTH_XSUAA_SERVICE`` when several
+            bindings exist and none is chosen, or the chosen one is not bound.
+    """
+    setting = BINDING_SETTINGS[label]
     entries = vcap.get(label)
+    chosen = env.get(setting, "").strip()
     if not isinstance(entries, list) or not entries:
+        if chosen:
+            raise ConfigError(setting, f"names {chosen!r}, but no {label} service is bound")
         return None
-    creds = entries[0].get("credentials") if isinstance(entries[0], dict) else None
+    entries = [e for e in entries if isinstance(e, dict)]
+    names = [str(e.get("name") or e.get("instance_name") or "") for e in entries]
+    if chosen:
+        matches = [e for e, n in zip(entries, names, strict=True) if chosen in (n, e.get("instance_name"))]
+        if not matches:
+            raise ConfigError(setting, f"no bound {label} service is named {chosen!r} (bound: {', '.join(names)})")
+        entry = matches[0]
+    elif len(entries) > 1:
+        bound = ", ".join(names)
+        raise ConfigError(setting, f"{len(entries)} {label} services are bound ({bound}); name the one to trust")
+    elif entries:
+        entry = entries[0]
+    else:
+        return None
+    creds = entry.get("credentials")
     return creds if isinstance(creds, dict) else None
+
+
+def _ca_file(env: Mapping[str, str]) -> str | None:
+    """``MCP_AUTH_CA_FILE``, else ``SSL_CERT_FILE``: extra CAs for discovery and key fetches."""
+    for name in ("MCP_AUTH_CA_FILE", "SSL_CERT_FILE"):
+        if path := env.get(name, "").strip():
+            if not os.path.isfile(path):
+                raise ConfigError(name, f"no such file: {path!r}")
+            return path
+    return None
 
 
 def _issuer_from_json(item: object, index: int) -> IssuerConfig:
@@ -236,6 +275,12 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         raise ConfigError("VCAP_SERVICES", "is not valid JSON") from exc
     if not isinstance(vcap, dict):
         raise ConfigError("VCAP_SERVICES", "must be a JSON object")
+    identity = _vcap_binding(vcap, "identity", env)
+    xsuaa = _vcap_binding(vcap, "xsuaa", env)
+    if not (env.get("MCP_AUTH_ISSUER", "").strip() or env.get("MCP_AUTH_ISSUERS", "").strip() or identity or xsuaa):
+        raise ConfigError(
+            "MCP_AUTH_ISSUER", "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES)"
+        )
     resource_url = _resource_url(env, resource_path)
 
     profile = env.get("MCP_AUTH_PROFILE", "ias").strip() or "ias"
@@ -251,7 +296,6 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
             raise ConfigError("MCP_AUTH_ISSUERS", "must be a JSON array of issuer objects")
         issuers.extend(_issuer_from_json(item, n) for n, item in enumerate(items))
 
-    identity = _vcap_binding(vcap, "identity")
     env_issuers = _csv(env.get("MCP_AUTH_ISSUER"))
     audiences = _csv(env.get("MCP_AUTH_AUDIENCE"))
     jwks_uri = env.get("MCP_AUTH_JWKS_URI", "").strip() or None
@@ -280,7 +324,6 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
                     app_tid=identity.get("app_tid") if identity else None,
                 )
             )
-    xsuaa = _vcap_binding(vcap, "xsuaa")
     if xsuaa and isinstance(xsuaa.get("url"), str) and isinstance(xsuaa.get("uaadomain"), str):
         xs_aud = tuple(a for a in (xsuaa.get("clientid"), xsuaa.get("xsappname")) if isinstance(a, str))
         zid = xsuaa.get("zoneid")
@@ -329,4 +372,5 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         trust_forwarded_client_cert=_bool(env, "MCP_AUTH_TRUST_XFCC", False),
         jwks_min_refresh_s=_number(env, "MCP_AUTH_JWKS_MIN_REFRESH", 5, 0.1, 600),
         jwks_max_stale_s=_number(env, "MCP_AUTH_JWKS_MAX_STALE", 3600, 0, 7 * 86_400),
+        ca_file=_ca_file(env),
     )

@@ -31,6 +31,7 @@ import httpx
 
 from ._claims import check_claims, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
+from ._http import key_fetch_client
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
 from ._jws import parse_jws, verify_signature
 from ._sdk import verify_token as _sdk_verify_token
@@ -152,9 +153,7 @@ class JWTVerifier:
     ) -> None:
         self._settings = settings
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.http_timeout_s), follow_redirects=False, trust_env=False
-        )
+        self._client = client or key_fetch_client(settings)  # configured CAs; logs why TLS failed
         self._clock = clock
         self._monotonic = monotonic
         self._issuers: dict[str, JWKSCache] = {}  # configured issuers: never evicted

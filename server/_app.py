@@ -18,6 +18,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import EmptyResult, SetLevelRequestParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -48,7 +49,14 @@ def build_mcp(settings: ServerSettings, store: NotesStore) -> MCPServer:
         middleware=[audit_middleware()],
     )
     register(mcp, store)
+    # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
+    # accept it; the server sends no log notifications, so there is nothing to filter.
+    mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _accept_log_level)
     return mcp
+
+
+async def _accept_log_level(_ctx: Any, _params: SetLevelRequestParams) -> EmptyResult:
+    return EmptyResult()
 
 
 def create_app(

@@ -34,6 +34,7 @@ import binascii
 import dataclasses
 import hmac
 import logging
+import re
 import shlex
 import time
 import uuid
@@ -52,13 +53,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from auth import certificate_thumbprint
+from auth import ConfigError, certificate_thumbprint
 
 __all__ = [
     "DEFAULT_CLIENTS",
     "DEFAULT_MOUNT_PATH",
     "DevClient",
     "DevIssuer",
+    "parse_dev_clients",
     "startup_banner",
 ]
 
@@ -99,6 +101,49 @@ DEFAULT_CLIENTS: Mapping[str, DevClient] = {
     "dev-full": DevClient("dev-full-secret", ("api_read_access", "api_write_access")),
     "dev-read": DevClient("dev-read-secret", ("api_read_access",)),
 }
+
+DEV_CLIENTS_SETTING = "MCP_DEV_CLIENTS"
+_DEV_CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEV_SECRET = re.compile(r"[^\s:,]{1,128}")
+_DEV_GROUP = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def parse_dev_clients(value: str, *, reserved: Iterable[str] = DEFAULT_CLIENTS) -> dict[str, DevClient]:
+    """Extra dev clients from ``MCP_DEV_CLIENTS`` (pure).
+
+    Syntax: comma-separated ``<client_id>:<secret>:<group>[+<group>...]``, e.g.
+    ``my-agent:my-secret:api_read_access+api_archive``; an empty group list
+    (``nobody:pw:``) is a client without permission groups. Client ids and groups are
+    ``[A-Za-z0-9._-]``; a secret has no ``:``, ``,`` or whitespace.
+
+    Raises:
+        ConfigError: naming ``MCP_DEV_CLIENTS`` and the faulty entry (its secret masked).
+    """
+    clients: dict[str, DevClient] = {}
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        parts = entry.split(":")
+        shown = f"{parts[0]}:***:{parts[2]}" if len(parts) == 3 else parts[0] + ":..."
+        if len(parts) != 3:
+            raise ConfigError(
+                DEV_CLIENTS_SETTING, f"expected entries like 'client:secret:group+group', got {shown!r}"
+            )
+        client_id, secret, groups = parts
+        if not _DEV_CLIENT_ID.fullmatch(client_id):
+            raise ConfigError(DEV_CLIENTS_SETTING, f"client id must be 1-64 of A-Z a-z 0-9 . _ - in {shown!r}")
+        if not _DEV_SECRET.fullmatch(secret):
+            problem = f"secret must be 1-128 characters without ':' ',' or spaces in {shown!r}"
+            raise ConfigError(DEV_CLIENTS_SETTING, problem)
+        apis = tuple(groups.split("+")) if groups else ()
+        if not all(_DEV_GROUP.fullmatch(g) for g in apis):
+            raise ConfigError(DEV_CLIENTS_SETTING, f"groups must be A-Z a-z 0-9 . _ - joined by '+' in {shown!r}")
+        if client_id in reserved or client_id in clients:
+            raise ConfigError(DEV_CLIENTS_SETTING, f"client id {client_id!r} is already defined")
+        clients[client_id] = DevClient(secret, apis)
+    return clients
+
 
 _DEFAULT_APIS: tuple[str, ...] = ("\0default",)  # sentinel for mint(apis=...): "the client's groups"
 
@@ -556,6 +601,7 @@ def startup_banner(
     client_cert_file: str | None = None,
     client_key_file: str | None = None,
     x509_client_id: str | None = None,
+    extra_clients: Mapping[str, DevClient] | None = None,
 ) -> str:
     """The "what to do next" text for ``--dev``: fetch a token, then call a tool with it.
 
@@ -577,6 +623,8 @@ def startup_banner(
         f"Dev issuer (IAS look-alike): {base_url.rstrip('/')}{mount_path}",
         "Clients: dev-full (read+write), dev-read (read)"
         + (f", {x509_client_id} (read+write, X.509 certificate)" if x509_client_id else "")
+        + "".join(f", {cid} ({'+'.join(c.apis) or 'no groups'}, {DEV_CLIENTS_SETTING})"
+                  for cid, c in (extra_clients or {}).items())
         + ". Get a token and call a tool:",
         "",
         f"  TOKEN=$(curl -s{cacert} -u dev-read:dev-read-secret -d grant_type=client_credentials"

@@ -28,13 +28,13 @@ import uvicorn
 from auth import AuthSettings, CertBinding, ConfigError, IssuerConfig, JWTVerifier
 
 from ._app import create_app
-from ._dev_issuer import DevClient, DevIssuer, startup_banner
+from ._dev_issuer import DEV_CLIENTS_SETTING, DevClient, DevIssuer, parse_dev_clients, startup_banner
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
 from ._tls import check_tls_files, uvicorn_tls_options
 
-__all__ = ["main", "dev_settings"]
+__all__ = ["main", "dev_settings", "auth_summary"]
 
 log = logging.getLogger("server")
 
@@ -54,6 +54,27 @@ def dev_settings(
         cert_binding=cert_binding,
     )
     return load_server_settings(env, auth=auth, dev=True)
+
+
+def auth_summary(auth: AuthSettings) -> dict[str, Any]:
+    """What the server trusts, for the one start-up log line (no secrets: ids and URLs only)."""
+    return {
+        "issuers": [
+            {
+                "issuer": i.issuer,
+                "profile": i.profile,
+                "audiences": list(i.audiences),
+                "jwks_uri": i.jwks_uri or "discovered",
+                **({"domains": list(i.domains)} if i.domains else {}),
+            }
+            for i in auth.issuers
+        ],
+        "resource_url": auth.resource_url,
+        "profiles": sorted({i.profile for i in auth.issuers}),
+        "cert_binding": auth.cert_binding,
+        "trust_xfcc": auth.trust_forwarded_client_cert,
+        "ca_file": auth.ca_file,
+    }
 
 
 def dev_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
@@ -113,6 +134,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         parser.error("--mtls needs --dev (in production set MCP_TLS_CERT, MCP_TLS_KEY and MCP_TLS_CLIENT_CA)")
     env = os.environ if env is None else env
     certs: DevCerts | None = None
+    extra_clients: dict[str, DevClient] = {}
     verifier: JWTVerifier | None = None
     tls: dict[str, Any] = {}
     try:
@@ -137,12 +159,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             url_host = f"[{host.strip('[]')}]" if ":" in host else host
             base_url = f"{'https' if certs else 'http'}://{url_host}:{sock.getsockname()[1]}"
             dev_env = {**env, "HOST": host, "PORT": str(sock.getsockname()[1])}
+            extra_clients = parse_dev_clients(env.get(DEV_CLIENTS_SETTING, ""))
             if certs is None:
-                issuer = DevIssuer(base_url)
+                issuer = DevIssuer(base_url, extra_clients=extra_clients)
                 settings = dev_settings(dev_env, base_url, issuer)
             else:
                 x509_client = DevClient(None, DEV_X509_APIS, certificate_thumbprint=certs.client_thumbprint)
-                issuer = DevIssuer(base_url, extra_clients={certs.client_id: x509_client})
+                issuer = DevIssuer(base_url, extra_clients={**extra_clients, certs.client_id: x509_client})
                 settings = dev_settings(dev_env, base_url, issuer, cert_binding="if-bound")
                 jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
                 verifier = JWTVerifier(settings.auth, client=jwks_client)
@@ -151,6 +174,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             routes = [*issuer.well_known_routes(), issuer.mount()]
             app = create_app(settings, verifier=verifier, extra_routes=routes)
         else:
+            if env.get(DEV_CLIENTS_SETTING, "").strip():
+                raise ConfigError(DEV_CLIENTS_SETTING, "is only used with --dev")
             settings = load_server_settings(env)
             tls = _tls_options(settings)
             configure_logging(settings.log_level)
@@ -162,10 +187,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except OSError as exc:
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 2
+    log.info("auth configuration", extra={"audit": auth_summary(settings.auth)})
     if settings.dev:
-        banner: dict[str, Any] = {}
+        banner: dict[str, Any] = {"extra_clients": extra_clients}
         if certs is not None:
-            banner = {
+            banner |= {
                 "ca_file": str(certs.ca.resolve()),
                 "client_cert_file": str(certs.client_cert.resolve()),
                 "client_key_file": str(certs.client_key.resolve()),
