@@ -149,9 +149,7 @@ class ToolPermissionGate:
                 },
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
-            needs = self._registry.required
-            granted = token.permissions
-            refused = [n for n in dict.fromkeys(names) if missing_permissions(granted, needs(n, self._aliases))]
+            refused = [n for n in dict.fromkeys(names) if not self._permissions.allows(n, token.permissions)]
             exc.description = refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
