@@ -3,7 +3,7 @@
 Request path, outermost first::
 
     HostOriginGuard        421 foreign Host, 403 foreign Origin
-    Starlette routes       /health, RFC 9728 metadata, the dev issuer (dev mode only)
+    Starlette routes       /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
     MCP SDK                stateless, JSON responses (any instance can serve any request)
@@ -34,7 +34,7 @@ from auth import (
     metadata_routes,
     set_permission_aliases,
 )
-from tools import NotesStore, register
+from tools import NotesStore, open_store, register
 
 from ._guard import HostOriginGuard
 from ._logging import audit_middleware
@@ -81,7 +81,7 @@ def create_app(
             (tests and users add their own tools here).
     """
     set_permission_aliases(settings.auth.permission_aliases)
-    store = NotesStore(settings.notes_db)
+    store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
     mcp = build_mcp(settings, store, registry)
     if customize is not None:
         customize(mcp)
@@ -109,24 +109,36 @@ def create_app(
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def ready(_: Request) -> JSONResponse:
+        # Readiness, not liveness: a restart does not bring a database back, so /health stays 200.
+        if await store.ping():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "reason": "notes store unreachable"}, status_code=503)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run():
-            log.info("serving %s", settings.auth.resource_url)
-            try:
-                yield
-            finally:
-                if own_verifier and isinstance(token_verifier, JWTVerifier):
-                    await token_verifier.aclose()
+        await store.open()
+        try:
+            async with mcp.session_manager.run():
+                log.info("serving %s", settings.auth.resource_url)
+                try:
+                    yield
+                finally:
+                    if own_verifier and isinstance(token_verifier, JWTVerifier):
+                        await token_verifier.aclose()
+        finally:
+            await store.aclose()
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
         *metadata_routes(settings.auth, scopes),
         *(extra_routes or []),
         Mount("/", app=protected),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
+    guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
+                            exempt=("/health", "/ready"))  # platform probes use the instance address
     return ServerApp(guard, mcp=mcp, store=store)
 
 
