@@ -211,4 +211,5 @@ def test_buildpack_simulation_two_instances_share_notes_through_the_postgresql_b
                 assert proc.wait(timeout=15) == 0
                 outputs.append(proc.stdout.read().decode(errors="replace") if proc.stdout else "")
         assert all(postgres.app_password not in out for out in outputs)
+        assert all("connection requested" not in out for out in outputs)  # no pool chatter per call at INFO
         assert all("notes store: postgresql://notes_app@localhost" in out for out in outputs), outputs[0][-2000:]
