@@ -9,7 +9,7 @@ Why it is shaped this way:
 - **Every call is bounded** by ``timeout``: the pool wait, the connect (``connect_timeout``),
   the statement on the server (``statement_timeout``) and the whole call (a cancel scope).
   Past it the call raises `StoreUnavailable`, which the tools report as a tool error.
-- **One statement per write**, in its own transaction: an ``UPDATE ... RETURNING`` is atomic,
+- **One statement per write**, committed on its own (autocommit): an ``UPDATE ... RETURNING`` is atomic,
   so concurrent updates of a note leave exactly one of the written versions, and a reader on
   any instance sees a write once the call that made it has returned (read committed).
 - **Ids from an identity column**: unique across instances, never reused; "newest first"
@@ -270,7 +270,7 @@ class PostgresStore:
     async def _call(
         self, work: Callable[..., Awaitable[T]], *args: Any
     ) -> T:
-        """Run ``work(conn, *args)`` in one transaction, all of it within the timeout."""
+        """Run ``work(conn, *args)`` (one statement, committed by itself), all of it within the timeout."""
         if self._pool is None:
             raise RuntimeError("PostgresStore used before open()")
         try:
@@ -332,6 +332,9 @@ class PostgresStore:
             connect_timeout=max(2, math.ceil(self._timeout)),  # libpq: whole seconds, at least 2
             options=f"-c statement_timeout={int(self._timeout * 1000)}",
             application_name=kwargs.get("application_name", "notes-mcp"),
+            # Each call is one statement, atomic on its own: autocommit saves the COMMIT round trip.
+            # The migration opens its own transaction (conn.transaction()).
+            autocommit=True,
         )
         files = {"sslrootcert": c.ssl_root_cert_pem, "sslcert": c.ssl_cert_pem, "sslkey": c.ssl_key_pem}
         if any(files.values()):
