@@ -34,7 +34,7 @@ from auth import (
     metadata_routes,
     set_permission_aliases,
 )
-from tools import NotesStore, open_store, register
+from tools import NotesStore, Readiness, open_store, register
 
 from ._guard import HostOriginGuard
 from ._logging import audit_middleware
@@ -109,9 +109,11 @@ def create_app(
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    readiness = Readiness(store)  # one store ping per second at most, however many probes arrive
+
     async def ready(_: Request) -> JSONResponse:
         # Readiness, not liveness: a restart does not bring a database back, so /health stays 200.
-        if await store.ping():
+        if await readiness():
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "unavailable", "reason": "notes store unreachable"}, status_code=503)
 

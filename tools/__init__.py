@@ -29,7 +29,7 @@ from pathlib import Path
 from mcp.server.mcpserver import MCPServer
 
 from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore
-from ._store import Note, NoteError, NotesStore, SQLiteStore, StoreUnavailable
+from ._store import Note, NoteError, NotesStore, Readiness, SQLiteStore, StoreUnavailable
 from .notes import READ, WRITE, register_notes, register_whoami
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "Note",
     "NoteError",
     "StoreUnavailable",
+    "Readiness",
     "DEFAULT_TIMEOUT_S",
     "READ",
     "WRITE",

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
+import anyio
 import anyio.to_thread
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "StoreUnavailable",
     "SQLiteStore",
     "SQLiteNotes",
+    "Readiness",
     "TITLE_MAX",
     "BODY_MAX",
     "QUERY_MAX",
@@ -151,6 +153,28 @@ class NotesStore(Protocol):
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Readiness:
+    """``await readiness()``: whether the store answers, asking it at most once per ``ttl`` seconds.
+
+    ``GET /ready`` needs no token, so its cost must not grow with the request rate: one ping at a
+    time (the others wait for its answer) and the answer reused for ``ttl`` seconds. A flood of
+    probes therefore costs at most one pooled connection, and one log line per ``ttl`` in an outage.
+    """
+
+    def __init__(self, store: NotesStore, *, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._answer: tuple[float, bool] | None = None  # (when asked, answer)
+
+    async def __call__(self) -> bool:
+        async with self._lock:
+            if self._answer is None or self._clock() - self._answer[0] >= self._ttl:
+                self._answer = (self._clock(), await self._store.ping())
+            return self._answer[1]
 
 
 class SQLiteStore:

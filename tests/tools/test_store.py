@@ -19,7 +19,7 @@ import pytest
 
 from server._settings import parse_postgres_url
 from tests._postgres import PostgresServer
-from tools import NotesStore, PostgresStore, SQLiteStore, open_store
+from tools import NotesStore, PostgresStore, Readiness, SQLiteStore, open_store
 from tools._store import BODY_MAX, LIMIT_MAX, QUERY_MAX, TITLE_MAX, Note, NoteError, SQLiteNotes
 
 T0 = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
@@ -431,3 +431,36 @@ def test_open_store_picks_sqlite_for_a_path(tmp_path: Path) -> None:
     store = open_store(tmp_path / "x.db")
     assert isinstance(store, SQLiteStore) and isinstance(store, NotesStore)
     assert (tmp_path / "x.db").is_file()
+
+
+# -- readiness ---------------------------------------------------------------------------------
+
+
+class CountingPings(SQLiteStore):
+    """A real SQLite store that counts how often it is asked whether it answers."""
+
+    pings = 0
+
+    async def ping(self) -> bool:
+        self.pings += 1
+        await asyncio.sleep(0.05)  # a ping takes a moment, so the probes below overlap
+        return await super().ping()
+
+
+async def test_readiness_asks_the_store_once_however_many_probes_arrive(tmp_path: Path) -> None:
+    store = CountingPings(tmp_path / "notes.db")
+    now = [100.0]
+    ready = Readiness(store, ttl=1.0, clock=lambda: now[0])
+    assert await asyncio.gather(*(ready() for _ in range(50))) == [True] * 50
+    assert store.pings == 1
+    now[0] += 0.9
+    assert await ready() and store.pings == 1  # still fresh
+    now[0] += 0.2
+    assert await ready() and store.pings == 2  # asked again after the ttl
+
+
+async def test_readiness_reports_a_store_that_does_not_answer(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "notes.db")
+    store.sync.path.unlink()
+    store.sync.path.mkdir()  # the file is now a folder: SQLite cannot open it
+    assert await Readiness(store)() is False
