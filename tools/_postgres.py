@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,9 +267,7 @@ class PostgresStore:
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
-    async def _call(
-        self, work: Callable[..., Awaitable[T]], *args: Any
-    ) -> T:
+    async def _call(self, work: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``work(conn, *args)`` (one statement, committed by itself), all of it within the timeout."""
         if self._pool is None:
             raise RuntimeError("PostgresStore used before open()")
@@ -357,8 +355,8 @@ def _private_file(path: Path, text: str) -> Path:
     return path
 
 
-def _note(row: tuple[Any, ...] | Mapping[str, Any]) -> Note:
-    values = list(row.values()) if isinstance(row, Mapping) else list(row)
+def _note(row: tuple[Any, ...]) -> Note:
+    values = list(row)
     for i in (5, 6):  # created_at, updated_at: ISO-8601 UTC, as the SQLite back end writes them
         values[i] = values[i].astimezone(UTC).isoformat()
     return Note(*values)
