@@ -292,6 +292,7 @@ def protect(
     path: str = "/mcp",
     routes: Sequence[BaseRoute] = (),
     max_body: int = 1024 * 1024,
+    lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
 ) -> Starlette:
     """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
 
@@ -309,6 +310,8 @@ def protect(
         path: the MCP endpoint's path.
         routes: open routes served beside the endpoint (health checks, a dev issuer).
         max_body: request body cap of the gate in bytes (413 beyond it).
+        lifespan: an async context the app's lifespan enters around the SDK's session manager
+            (open a database, say).
     """
     if permissions is None:
         permissions = ToolPermissions.from_server(mcp, aliases=settings.permission_aliases, implies=settings.implies)
@@ -321,8 +324,11 @@ def protect(
     guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run():
+    async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if lifespan is not None:
+                await stack.enter_async_context(lifespan())
+            await stack.enter_async_context(mcp.session_manager.run())
             try:
                 yield
             finally:
@@ -331,5 +337,5 @@ def protect(
 
     return Starlette(
         routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=cast(StarletteApp, guarded))],
-        lifespan=lifespan,
+        lifespan=app_lifespan,
     )

@@ -4,7 +4,7 @@ Request path, outermost first::
 
     HostOriginGuard        421 foreign Host, 403 foreign Origin
     auth.protect(...):
-    Starlette routes       /health, RFC 9728 metadata, the dev issuer (dev mode only)
+    Starlette routes       /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
     MCP SDK                stateless, JSON responses (any instance can serve any request)
@@ -12,8 +12,9 @@ Request path, outermost first::
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from auth import TokenVerifier, ToolPermissions, protect
-from tools import NotesStore, register
+from tools import NotesStore, Readiness, open_store, register
 
 from ._guard import HostOriginGuard
 from ._logging import audit_middleware
@@ -75,7 +76,7 @@ def create_app(
         customize: called with the `MCPServer` after the built-in tools are registered
             (tests and users add their own tools here).
     """
-    store = NotesStore(settings.notes_db)
+    store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
     mcp = build_mcp(settings, store)
     if customize is not None:
         customize(mcp)
@@ -98,6 +99,23 @@ def create_app(
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    readiness = Readiness(store)  # one store ping per second at most, however many probes arrive
+
+    async def ready(_: Request) -> JSONResponse:
+        # Readiness, not liveness: a restart does not bring a database back, so /health stays 200.
+        if await readiness():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "reason": "notes store unreachable"}, status_code=503)
+
+    @contextlib.asynccontextmanager
+    async def store_open() -> AsyncIterator[None]:
+        await store.open()
+        try:
+            log.info("serving %s", settings.auth.resource_url)
+            yield
+        finally:
+            await store.aclose()
+
     app = protect(
         mcp,
         settings.auth,
@@ -105,11 +123,13 @@ def create_app(
         verifier=verifier,
         app=_post_only(sdk_app),
         path=MCP_PATH,
-        routes=[Route("/health", health, methods=["GET"]), *(extra_routes or [])],
+        routes=[Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
+                *(extra_routes or [])],
         max_body=settings.max_body_bytes,
+        lifespan=store_open,
     )
-    log.info("serving %s", settings.auth.resource_url)
-    guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
+    guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
+                            exempt=("/health", "/ready"))  # platform probes use the instance address
     return ServerApp(guard, mcp=mcp, store=store)
 
 

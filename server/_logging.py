@@ -47,7 +47,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("mcp", "httpx", "uvicorn.access"):
+    for noisy in ("mcp", "httpx", "uvicorn.access", "psycopg.pool"):  # the pool: INFO lines per call
         logging.getLogger(noisy).setLevel(logging.WARNING)
     audit.setLevel(logging.INFO)
 

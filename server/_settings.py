@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auth import AuthSettings, ConfigError, load_settings
+from tools import DEFAULT_TIMEOUT_S, PostgresConfig
 
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
 
@@ -23,7 +25,8 @@ class ServerSettings:
     auth: AuthSettings
     host: str = "127.0.0.1"
     port: int = 8080
-    notes_db: Path = Path("data/notes.db")
+    notes_db: Path | PostgresConfig = Path("data/notes.db")  # MCP_NOTES_DB, or a postgresql-db binding
+    notes_db_timeout_s: float = DEFAULT_TIMEOUT_S  # MCP_NOTES_DB_TIMEOUT: a store call fails as unavailable after it
     allowed_hosts: tuple[str, ...] = ()  # Host header values accepted (421 otherwise)
     allowed_origins: tuple[str, ...] = ()  # Origin header values accepted (403 otherwise)
     max_body_bytes: int = 1024 * 1024
@@ -112,7 +115,8 @@ def load_server_settings(
         auth=auth_settings,
         host=host,
         port=port,
-        notes_db=Path(env.get("MCP_NOTES_DB", "").strip() or "data/notes.db"),
+        notes_db=notes_db_setting(env),
+        notes_db_timeout_s=_db_timeout(env),
         allowed_hosts=tuple(dict.fromkeys(hosts)),
         allowed_origins=tuple(dict.fromkeys(origins)),
         max_body_bytes=int(raw_body) if raw_body else 1024 * 1024,
@@ -141,3 +145,171 @@ def _tls_files(env: Mapping[str, str]) -> tuple[Path | None, Path | None, Path |
         if path is not None and not path.is_file():
             raise ConfigError(name, f"no such file: {str(path)!r}")
     return cert, key, ca
+
+
+# -- the notes database -------------------------------------------------------------------------
+
+_URL_PARAMS = frozenset(
+    {"sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "channel_binding", "target_session_attrs"}
+)
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+PG_BINDING_LABEL = "postgresql-db"
+
+
+def _db_timeout(env: Mapping[str, str]) -> float:
+    raw = env.get("MCP_NOTES_DB_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.5 <= value <= 60:
+        raise ConfigError("MCP_NOTES_DB_TIMEOUT", f"must be a number of seconds from 0.5 to 60, got {raw!r}")
+    return value
+
+
+def notes_db_setting(env: Mapping[str, str]) -> Path | PostgresConfig:
+    """``MCP_NOTES_DB`` (a SQLite path or a PostgreSQL URL), else a PostgreSQL binding, else ``data/notes.db``.
+
+    Raises:
+        ConfigError: naming ``MCP_NOTES_DB`` or ``VCAP_SERVICES``; the message never contains a password.
+    """
+    raw = env.get("MCP_NOTES_DB", "").strip()
+    if raw:
+        if "://" in raw or raw.lower().startswith(("postgres:", "postgresql:")):
+            return parse_postgres_url(raw, "MCP_NOTES_DB")
+        return Path(raw)
+    binding = _postgres_binding(env.get("VCAP_SERVICES", "").strip())
+    return binding if binding is not None else Path("data/notes.db")
+
+
+def parse_postgres_url(url: str, setting: str) -> PostgresConfig:
+    """Parse ``postgresql://user:password@host:port/dbname?sslmode=...`` (libpq's URI form, one host).
+
+    Errors name ``setting`` and the part at fault, never the URL itself (it may hold a password).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(setting, "is not a valid URL") from None
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError(setting, "must be a SQLite file path or a postgresql:// URL")
+    if parts.fragment:
+        raise ConfigError(setting, "must not have a #fragment")
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if "," in hostport:
+        raise ConfigError(setting, "names several hosts; give one")
+    try:
+        host, port = parts.hostname or "", parts.port or 5432
+    except ValueError:
+        raise ConfigError(setting, "has an invalid port") from None
+    if not host:
+        raise ConfigError(setting, "has no host")
+    if not 1 <= port <= 65535:
+        raise ConfigError(setting, "has an invalid port")
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _URL_PARAMS:
+            known = ", ".join(sorted(_URL_PARAMS))
+            raise ConfigError(setting, f"has an unsupported parameter {key[:40]!r} (known: {known})")
+        params[key] = value
+    if "sslmode" in params and params["sslmode"] not in _SSLMODES:
+        raise ConfigError(setting, f"sslmode must be one of {', '.join(_SSLMODES)}")
+    user = unquote(user)
+    return PostgresConfig(
+        host=host,
+        port=port,
+        dbname=unquote(parts.path.lstrip("/")) or user or "postgres",
+        user=user,
+        password=unquote(password),
+        params=tuple(sorted(params.items())),
+        source=setting,
+    )
+
+
+def _postgres_binding(raw: str) -> PostgresConfig | None:
+    """The one PostgreSQL binding (label ``postgresql-db`` or tag ``postgresql``) in ``VCAP_SERVICES``, if any."""
+    if not raw:
+        return None
+    try:
+        services = json.loads(raw)
+    except ValueError:
+        raise ConfigError("VCAP_SERVICES", "is not valid JSON") from None
+    if not isinstance(services, dict):
+        raise ConfigError("VCAP_SERVICES", "must be a JSON object")
+    found = [
+        b
+        for label, bindings in services.items()
+        if isinstance(bindings, list)
+        for b in bindings
+        if isinstance(b, dict) and (label == PG_BINDING_LABEL or "postgresql" in (b.get("tags") or []))
+    ]
+    if not found:
+        return None
+    if len(found) > 1:
+        names = ", ".join(repr(str(b.get("name", "?"))) for b in found)
+        raise ConfigError("VCAP_SERVICES", f"has {len(found)} PostgreSQL bindings ({names}); bind one")
+    name = str(found[0].get("name", PG_BINDING_LABEL))
+    where = f"VCAP_SERVICES[{name}].credentials"
+    creds = found[0].get("credentials")
+    if not isinstance(creds, dict):
+        raise ConfigError("VCAP_SERVICES", f"binding {name!r} has no credentials object")
+
+    def text(key: str) -> str | None:
+        value = creds.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str | int):
+            raise ConfigError(where, f"{key} must be a string")
+        return str(value)
+
+    if text("hostname") and text("username") and text("password") is not None:
+        # The separate fields first: a password with reserved characters may sit unescaped in `uri`.
+        port_text = text("port") or "5432"
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(where, "port must be a TCP port number")
+        config = PostgresConfig(
+            host=text("hostname") or "",
+            port=int(port_text),
+            dbname=text("dbname") or text("username") or "postgres",
+            user=text("username") or "",
+            password=text("password") or "",
+            source="VCAP_SERVICES",
+        )
+    elif text("uri"):
+        try:
+            config = parse_postgres_url(text("uri") or "", where + ".uri")
+        except ConfigError as exc:
+            raise ConfigError("VCAP_SERVICES", str(exc)) from None
+        config = replace(config, source="VCAP_SERVICES")
+    else:
+        raise ConfigError(where, "needs uri, or hostname, username and password")
+    root, cert, key = text("sslrootcert"), text("sslcert"), text("sslkey")
+    for field_name, pem in (("sslrootcert", root), ("sslcert", cert), ("sslkey", key)):
+        if pem is not None and "-----BEGIN " not in pem:
+            raise ConfigError(where, f"{field_name} must be PEM text")
+    if (cert is None) != (key is None):
+        raise ConfigError(where, "sslcert and sslkey go together")
+    params = dict(config.params)
+    if root is not None:
+        # Verify the server against the binding's CA; by name unless the binding gives an IP address
+        # (server certificates rarely carry IP addresses).
+        params["sslmode"] = "verify-ca" if _is_ip(config.host) else "verify-full"
+        params.pop("sslrootcert", None)
+    return replace(
+        config,
+        params=tuple(sorted(params.items())),
+        ssl_root_cert_pem=root,
+        ssl_cert_pem=cert,
+        ssl_key_pem=key,
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

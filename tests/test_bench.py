@@ -26,3 +26,10 @@ def test_bench_server_runs_both_servers_without_errors() -> None:
     rows = [line.split() for line in out.splitlines() if line.startswith(("bare", "this project"))]
     assert len(rows) == 2
     assert all(row[-2] == "0" for row in rows), out  # the errors column
+
+
+def test_bench_scale_runs_one_to_three_instances_without_errors() -> None:
+    out = _run("bench/bench_scale.py", "--clients", "2", "--seconds", "0.5", "--rounds", "1")
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit() and "concurrent" not in line]
+    assert [row[0] for row in rows] == ["1", "2", "3"], out
+    assert all(row[2] == "0" for row in rows), out  # the errors column

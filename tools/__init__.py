@@ -2,8 +2,9 @@
 
 The server calls `register` once at start-up, after building its `MCPServer`::
 
-    store = NotesStore(settings.notes_db)        # the path comes from the server's settings
+    store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)  # SQLite path or PostgresConfig
     register(mcp, store)
+    await store.open()                            # in the app's lifespan; store.aclose() at shutdown
 
 Adding a tool is one decorated function inside `tools.notes.register_notes` (or a new
 ``register_*`` called from `register`). ``@mcp.tool()`` goes on top, ``@requires`` under
@@ -15,7 +16,7 @@ and ``tools/list`` filtering. Sync and async tools alike. The docstring is what 
     @requires(READ)
     async def count_notes() -> int:
         \"\"\"Count the most recent notes (at most 100).\"\"\"
-        return len(await _run(store.list, 100))
+        return len(await _run(store.list(100)))
 
 Leave out ``@requires`` only for a tool any valid token may call (like ``whoami``).
 Raise `mcp.server.mcpserver.exceptions.ToolError` for a problem the model can fix; the SDK
@@ -24,12 +25,36 @@ hides the text of any other exception from the client.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mcp.server.mcpserver import MCPServer
 
-from ._store import Note, NoteError, NotesStore
+from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore
+from ._store import Note, NoteError, NotesStore, Readiness, SQLiteStore, StoreUnavailable
 from .notes import READ, WRITE, register_notes, register_whoami
 
-__all__ = ["register", "NotesStore", "Note", "NoteError", "READ", "WRITE"]
+__all__ = [
+    "register",
+    "open_store",
+    "NotesStore",
+    "SQLiteStore",
+    "PostgresStore",
+    "PostgresConfig",
+    "Note",
+    "NoteError",
+    "StoreUnavailable",
+    "Readiness",
+    "DEFAULT_TIMEOUT_S",
+    "READ",
+    "WRITE",
+]
+
+
+def open_store(where: Path | PostgresConfig, *, timeout: float = DEFAULT_TIMEOUT_S) -> NotesStore:
+    """The store for ``where``: a SQLite file (set up now) or a PostgreSQL database (connect in ``open()``)."""
+    if isinstance(where, PostgresConfig):
+        return PostgresStore(where, timeout=timeout)
+    return SQLiteStore(Path(where))
 
 
 def register(mcp: MCPServer, store: NotesStore) -> None:

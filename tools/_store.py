@@ -1,6 +1,13 @@
-"""A small notes store on SQLite, safe for many threads and several processes sharing one file.
+"""The notes store: one async interface (`NotesStore`), two back ends.
 
-Why it is shaped this way:
+- `SQLiteStore` (this module): the embedded default, one file on local disk, one instance.
+- `PostgresStore` (``tools/_postgres.py``): a shared database for several instances.
+
+Both validate inputs with the same rules and messages (the ``_check_*`` functions below), so a
+model sees the same errors whichever back end serves it, and both raise `StoreUnavailable` when
+the database cannot be reached in time, which the tools turn into a tool error.
+
+Why the SQLite back end is shaped this way:
 
 - **A connection per call.** `sqlite3` connections must not be shared between threads
   without locking of our own, and async callers run each call on an arbitrary worker
@@ -24,6 +31,8 @@ orders by id, which SQLite assigns in commit order; wall clocks of two processes
 
 from __future__ import annotations
 
+import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -31,11 +40,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
+
+import anyio
+import anyio.to_thread
 
 __all__ = [
     "Note",
     "NoteError",
     "NotesStore",
+    "StoreUnavailable",
+    "SQLiteStore",
+    "SQLiteNotes",
+    "Readiness",
     "TITLE_MAX",
     "BODY_MAX",
     "QUERY_MAX",
@@ -72,8 +89,23 @@ CREATE INDEX IF NOT EXISTS notes_live ON notes (id) WHERE deleted_at IS NULL;
 _COLUMNS = "id, title, body, created_by, updated_by, created_at, updated_at"
 
 
+log = logging.getLogger("tools.store")
+
+T = TypeVar("T")
+
+
 class NoteError(ValueError):
     """An input the store refuses, or a note that does not exist; the message is safe to show a client."""
+
+
+class StoreUnavailable(Exception):  # noqa: N818 - reads as a state, like ConnectionRefused
+    """The database did not answer in time (down, unreachable, overloaded); the call may be retried.
+
+    The message is fixed and safe to show a client; the cause (never with credentials) goes to the log.
+    """
+
+    def __init__(self, message: str = "the notes store is unavailable; try again shortly") -> None:
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +121,121 @@ class Note:
     updated_at: str
 
 
+@runtime_checkable
+class NotesStore(Protocol):
+    """What the note tools need from a store; every method is async and safe to call concurrently.
+
+    Reads see every write that returned before they started, from any instance sharing the
+    database. Writes are single statements, so concurrent updates of one note leave exactly
+    one of the written versions. Input errors raise `NoteError`; an unreachable database
+    raises `StoreUnavailable` within the store's timeout.
+    """
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (idempotent; a database that is down is retried later)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and temporary files."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the database answers now (readiness); never raises, bounded by the store's timeout."""
+        ...
+
+    async def get(self, note_id: int) -> Note: ...
+    async def list(self, limit: int = 20) -> list[Note]: ...
+    async def search(self, query: str, limit: int = 20) -> list[Note]: ...
+    async def create(self, title: str, body: str, client_id: str) -> Note: ...
+    async def update(self, note_id: int, title: str, body: str, client_id: str) -> Note: ...
+    async def delete(self, note_id: int, client_id: str) -> Note | None: ...
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class NotesStore:
+class Readiness:
+    """``await readiness()``: whether the store answers, asking it at most once per ``ttl`` seconds.
+
+    ``GET /ready`` needs no token, so its cost must not grow with the request rate: one ping at a
+    time (the others wait for its answer) and the answer reused for ``ttl`` seconds. A flood of
+    probes therefore costs at most one pooled connection, and one log line per ``ttl`` in an outage.
+    """
+
+    def __init__(self, store: NotesStore, *, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._answer: tuple[float, bool] | None = None  # (when asked, answer)
+
+    async def __call__(self) -> bool:
+        async with self._lock:
+            if self._answer is None or self._clock() - self._answer[0] >= self._ttl:
+                self._answer = (self._clock(), await self._store.ping())
+            return self._answer[1]
+
+
+class SQLiteStore:
+    """`NotesStore` over `SQLiteNotes`: every SQLite call runs on a worker thread, never on the event loop.
+
+    Args:
+        path: the database file (created with its parent folders; the schema is set up here).
+        clock: returns the current time; injected so tests need not sleep.
+    """
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.sync = SQLiteNotes(path, clock=clock)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self.sync.path
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.sync.path)!r})"
+
+    async def open(self) -> None:
+        """Nothing to do: the schema was set up when the store was built."""
+
+    async def aclose(self) -> None:
+        """Nothing to release: every call opens and closes its own connection."""
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(self.sync.ping)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def get(self, note_id: int) -> Note:
+        return await self._run(self.sync.get, note_id)
+
+    async def list(self, limit: int = 20) -> list[Note]:
+        return await self._run(self.sync.list, limit)
+
+    async def search(self, query: str, limit: int = 20) -> list[Note]:
+        return await self._run(self.sync.search, query, limit)
+
+    async def create(self, title: str, body: str, client_id: str) -> Note:
+        return await self._run(self.sync.create, title, body, client_id)
+
+    async def update(self, note_id: int, title: str, body: str, client_id: str) -> Note:
+        return await self._run(self.sync.update, note_id, title, body, client_id)
+
+    async def delete(self, note_id: int, client_id: str) -> Note | None:
+        return await self._run(self.sync.delete, note_id, client_id)
+
+    async def _run(self, call: Callable[..., T], *args: object) -> T:
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(call, *args))
+        except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk gone, file unreadable
+            log.warning("notes store unavailable: sqlite3.OperationalError: %s", exc)
+            raise StoreUnavailable() from exc
+
+
+class SQLiteNotes:
     """Notes in one SQLite file; every method is synchronous, thread-safe and process-safe.
 
     Args:
@@ -115,6 +257,11 @@ class NotesStore:
     def path(self) -> Path:
         """The database file."""
         return self._path
+
+    def ping(self) -> None:
+        """Run a trivial query (raises `sqlite3.Error` when the file cannot be read)."""
+        with self._connect() as conn:
+            conn.execute("SELECT count(*) FROM notes WHERE id = 0").fetchone()
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -5,21 +5,20 @@ the description the model reads), ``@requires(...)`` under it (marks the functio
 permission, which the server's `auth.ToolPermissions` reads, and checks it when the tool runs). The tools
 are closures over the store, so two servers in one process (tests) keep separate stores.
 
-The store is synchronous; every call runs on a worker thread (`anyio.to_thread.run_sync`)
-so a busy SQLite lock never stalls the event loop. A `NoteError` becomes a `ToolError`
-carrying the store's message: the SDK reports any other exception to the model only as
-"Error executing tool <name>", which gives it nothing to correct.
+The store is async (`NotesStore`; SQLite runs on worker threads, PostgreSQL on a pool). A
+`NoteError` becomes a `ToolError` carrying the store's message, and so does
+`StoreUnavailable` ("the notes store is unavailable; try again shortly"): the SDK reports any
+other exception to the model only as "Error executing tool <name>", which gives it nothing
+to correct or retry.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Awaitable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -27,7 +26,7 @@ from typing_extensions import TypedDict  # pydantic needs typing_extensions' Typ
 
 from auth import current_token, requires
 
-from ._store import Note, NoteError, NotesStore
+from ._store import Note, NoteError, NotesStore, StoreUnavailable
 
 __all__ = ["register_whoami", "register_notes", "NoteView", "NoteList", "Identity", "READ", "WRITE"]
 
@@ -75,15 +74,15 @@ def _view(note: Note) -> NoteView:
     return NoteView(**asdict(note))  # type: ignore[typeddict-item]
 
 
-async def _run(call: Callable[..., T], *args: object) -> T:
-    """Run a store call on a worker thread, turning its input errors into tool errors.
+async def _run(call: Awaitable[T]) -> T:
+    """Await a store call, turning its input errors and outages into tool errors.
 
     Raises:
-        ToolError: the store refused the input or the note does not exist.
+        ToolError: the store refused the input, the note does not exist, or the store is unavailable.
     """
     try:
-        return await anyio.to_thread.run_sync(functools.partial(call, *args))
-    except NoteError as exc:
+        return await call
+    except (NoteError, StoreUnavailable) as exc:
         raise ToolError(str(exc)) from exc
 
 
@@ -110,37 +109,37 @@ def register_notes(mcp: MCPServer, store: NotesStore) -> None:
     @requires(READ)
     async def list_notes(limit: int = 20) -> NoteList:
         """List the most recent notes, newest first (limit 1 to 100)."""
-        return NoteList(notes=[_view(n) for n in await _run(store.list, limit)])
+        return NoteList(notes=[_view(n) for n in await _run(store.list(limit))])
 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
     async def search_notes(query: str, limit: int = 20) -> NoteList:
         """Find notes whose title or body contains the query (case-insensitive), newest first."""
-        return NoteList(notes=[_view(n) for n in await _run(store.search, query, limit)])
+        return NoteList(notes=[_view(n) for n in await _run(store.search(query, limit))])
 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
     async def get_note(note_id: int) -> NoteView:
         """Fetch one note by its id."""
-        return _view(await _run(store.get, note_id))
+        return _view(await _run(store.get(note_id)))
 
     @mcp.tool(annotations=_WRITES)
     @requires(WRITE)
     async def create_note(title: str, body: str = "") -> NoteView:
         """Create a note (title 1 to 200 characters, body up to 10000) and return it with its id."""
-        return _view(await _run(store.create, title, body, current_token().client_id))
+        return _view(await _run(store.create(title, body, current_token().client_id)))
 
     @mcp.tool(annotations=_WRITES)
     @requires(WRITE)
     async def update_note(note_id: int, title: str, body: str) -> NoteView:
         """Replace the title and body of an existing note and return the updated note."""
-        return _view(await _run(store.update, note_id, title, body, current_token().client_id))
+        return _view(await _run(store.update(note_id, title, body, current_token().client_id)))
 
     @mcp.tool(annotations=_DELETES)
     @requires(WRITE)
     async def delete_note(note_id: int) -> NoteView:
         """Delete a note and return what it held; fails when no such note exists."""
-        note = await _run(store.delete, note_id, current_token().client_id)
+        note = await _run(store.delete(note_id, current_token().client_id))
         if note is None:
             # The store treats a repeated delete as harmless; the model should still hear the id was wrong.
             raise ToolError(f"note {note_id} does not exist")

@@ -175,7 +175,7 @@ def mcp_remote(tools: NodeTools, served: Served, state: Path, client_id: str) ->
 
 
 def titles_in_store(served: Served, marker: str) -> list[str]:
-    return [n.title for n in served.srv.app.store.search(marker, limit=100)]
+    return [n.title for n in served.srv.app.store.sync.search(marker, limit=100)]
 
 
 def bearer(token: str) -> list[str]:
@@ -283,7 +283,7 @@ def test_mcp_remote_read_only_client_sees_read_tools_and_cannot_write(
 
 
 def test_inspector_cli_with_bearer_token(served: Served, tmp_path: Path) -> None:
-    seeded = served.srv.app.store.create(unique("seeded"), "read me through the Inspector", "seed-client")
+    seeded = served.srv.app.store.sync.create(unique("seeded"), "read me through the Inspector", "seed-client")
     full = served.srv.token("dev-full")
 
     listed = inspector(served, tmp_path, *bearer(full), "--method", "tools/list")

@@ -21,7 +21,7 @@ from auth._context import bind_token, reset_token
 from auth._errors import InsufficientScope, MissingToken
 from auth._scopes import ToolPermissions
 from auth._token import VerifiedToken
-from tools import NotesStore
+from tools import PostgresConfig, PostgresStore, SQLiteStore
 
 READ_TOOLS = {"list_notes", "search_notes", "get_note"}
 WRITE_TOOLS = {"create_note", "update_note", "delete_note"}
@@ -50,12 +50,12 @@ def acting_as(token: VerifiedToken | None) -> Iterator[None]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> NotesStore:
-    return NotesStore(tmp_path / "notes.db")
+def store(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "notes.db")  # tests look underneath through its synchronous `.sync`
 
 
 @pytest.fixture
-def server(store: NotesStore) -> MCPServer:
+def server(store: SQLiteStore) -> MCPServer:
     mcp = MCPServer("notes-test")
     tools.register(mcp, store)
     return mcp
@@ -128,7 +128,7 @@ async def test_whoami_without_a_token_fails(server: MCPServer) -> None:
 
 
 async def test_write_without_write_permission_is_refused_and_stores_nothing(
-    server: MCPServer, store: NotesStore
+    server: MCPServer, store: SQLiteStore
 ) -> None:
     with acting_as(make_token("reader-app", "api_read_access")):
         async with Client(server) as client:
@@ -136,7 +136,7 @@ async def test_write_without_write_permission_is_refused_and_stores_nothing(
     assert result.is_error
     # The SDK hides the text of non-ToolError exceptions; the HTTP gate gives the 403 challenge.
     assert "sneaky" not in str(result.content)
-    assert store.list(100) == []
+    assert store.sync.list(100) == []
 
 
 async def test_refused_write_raises_insufficient_scope_naming_the_missing_permission(server: MCPServer) -> None:
@@ -148,8 +148,8 @@ async def test_refused_write_raises_insufficient_scope_naming_the_missing_permis
     assert cause.missing == {"api_write_access"}
 
 
-async def test_read_without_read_permission_is_refused(server: MCPServer, store: NotesStore) -> None:
-    store.create("secret", "", "someone")
+async def test_read_without_read_permission_is_refused(server: MCPServer, store: SQLiteStore) -> None:
+    store.sync.create("secret", "", "someone")
     with acting_as(make_token("writer-only", "api_write_access")):
         async with Client(server) as client:
             result = await client.call_tool("list_notes", {})
@@ -160,18 +160,18 @@ async def test_read_without_read_permission_is_refused(server: MCPServer, store:
 # -- behaviour -----------------------------------------------------------------------------
 
 
-async def test_created_note_records_the_client_id_of_the_token(server: MCPServer, store: NotesStore) -> None:
+async def test_created_note_records_the_client_id_of_the_token(server: MCPServer, store: SQLiteStore) -> None:
     with acting_as(make_token("writer-app")):
         async with Client(server) as client:
             result = await client.call_tool("create_note", {"title": "Groceries", "body": "milk"})
     assert not result.is_error and result.structured_content is not None
     note_id = result.structured_content["id"]
     assert result.structured_content["created_by"] == "writer-app"
-    assert store.get(note_id).created_by == "writer-app"
+    assert store.sync.get(note_id).created_by == "writer-app"
 
 
-async def test_update_and_delete_record_the_acting_client(server: MCPServer, store: NotesStore) -> None:
-    note = store.create("draft", "", "writer-app")
+async def test_update_and_delete_record_the_acting_client(server: MCPServer, store: SQLiteStore) -> None:
+    note = store.sync.create("draft", "", "writer-app")
     with acting_as(make_token("editor-app")):
         async with Client(server) as client:
             updated = await client.call_tool("update_note", {"note_id": note.id, "title": "final", "body": "done"})
@@ -182,13 +182,13 @@ async def test_update_and_delete_record_the_acting_client(server: MCPServer, sto
         "editor-app",
     )
     assert deleted.structured_content is not None and deleted.structured_content["title"] == "final"
-    assert store.list(100) == []
+    assert store.sync.list(100) == []
 
 
-async def test_read_tools_return_notes_newest_first(server: MCPServer, store: NotesStore) -> None:
-    first = store.create("apple pie", "", "app")
-    second = store.create("apple cake", "", "app")
-    store.create("banana", "", "app")
+async def test_read_tools_return_notes_newest_first(server: MCPServer, store: SQLiteStore) -> None:
+    first = store.sync.create("apple pie", "", "app")
+    second = store.sync.create("apple cake", "", "app")
+    store.sync.create("banana", "", "app")
     with acting_as(make_token("reader-app", "api_read_access")):
         async with Client(server) as client:
             searched = await client.call_tool("search_notes", {"query": "APPLE"})
@@ -227,3 +227,34 @@ async def test_input_problem_is_a_deliberate_tool_error_not_a_crash(server: MCPS
         with pytest.raises(ToolError) as caught:
             await server.call_tool("get_note", {"note_id": 42})
     assert not isinstance(caught.value, UnexpectedToolError)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+async def test_an_unreachable_store_is_a_tool_error_saying_so_within_the_timeout() -> None:
+    import time
+
+    down = PostgresStore(PostgresConfig(host="127.0.0.1", port=_closed_port(), user="u", password="pw-secret"),
+                         timeout=1.0)
+    await down.open()
+    mcp = MCPServer("notes-down")
+    tools.register(mcp, down)
+    try:
+        with acting_as(make_token()):
+            async with Client(mcp) as client:
+                started = time.monotonic()
+                result = await client.call_tool("create_note", {"title": "lost"})
+                elapsed = time.monotonic() - started
+                listed = await client.call_tool("list_notes", {})
+    finally:
+        await down.aclose()
+    assert result.is_error and listed.is_error
+    assert "the notes store is unavailable; try again shortly" in result.content[0].text  # type: ignore[union-attr]
+    assert "pw-secret" not in str(result.content)
+    assert elapsed < 15  # bounded by the 1 s store timeout (generous margin for a loaded machine)
