@@ -20,9 +20,10 @@ __all__ = ["match_issuer", "check_times", "check_claims", "extract_permissions",
 
 PRINCIPAL_PROPAGATION = "principal-propagation"
 """IAS marker for "all APIs for principal propagation": not a permission group (ias.md)."""
+_NOT_PERMISSIONS = frozenset({"", PRINCIPAL_PROPAGATION})
 
 # One DNS label (RFC 1123), lower case as IAS issues them: no dots, no port, no path.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAX_TIME = 2**63  # far beyond any real date; keeps int/float arithmetic exact and bounded
 # RFC 8705 §3.1: base64url of a SHA-256 digest is 43 characters, the last one canonical.
 _X5T_S256 = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
@@ -66,7 +67,13 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
         if effective == config.issuer:
             return config, effective
         for domain in config.domains:
-            if re.fullmatch(rf"https://{_LABEL}\.{re.escape(domain)}", effective):
+            # https://<one DNS label>.<domain>: plain string checks and one precompiled pattern.
+            if (
+                effective.startswith("https://")
+                and effective.endswith(domain)
+                and _LABEL.fullmatch(effective, 8, len(effective) - len(domain) - 1)
+                and effective[-len(domain) - 1] == "."
+            ):
                 return config, effective
     raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
 
@@ -92,8 +99,12 @@ def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
 
 
 def _string_list(value: object, name: str) -> list[str]:
-    if type(value) is not list or not all(type(v) is str for v in value):
+    if type(value) is not list:
         raise InvalidToken(f"{name} must be an array of strings")
+    try:
+        "".join(value)  # one C-level pass that fails on any member that is not a string
+    except TypeError:
+        raise InvalidToken(f"{name} must be an array of strings") from None
     return value
 
 
@@ -112,8 +123,8 @@ def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> froz
     if config.profile == "ias":
         if "ias_apis" not in claims:
             return frozenset()  # IAS omits the claim when nothing is granted
-        apis = _string_list(claims["ias_apis"], "ias_apis")
-        return frozenset(a for a in apis if a and a != PRINCIPAL_PROPAGATION)
+        granted = frozenset(_string_list(claims["ias_apis"], "ias_apis"))
+        return granted - _NOT_PERMISSIONS if not granted.isdisjoint(_NOT_PERMISSIONS) else granted
     if config.profile == "xsuaa":
         scopes = _space_separated(claims.get("scope", []), "scope")
         if not config.xsappname:
