@@ -123,8 +123,8 @@ def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> froz
     if config.profile == "ias":
         if "ias_apis" not in claims:
             return frozenset()  # IAS omits the claim when nothing is granted
-        granted = frozenset(_string_list(claims["ias_apis"], "ias_apis"))
-        return granted - _NOT_PERMISSIONS if not granted.isdisjoint(_NOT_PERMISSIONS) else granted
+        apis = frozenset(_string_list(claims["ias_apis"], "ias_apis"))
+        return apis - _NOT_PERMISSIONS if not apis.isdisjoint(_NOT_PERMISSIONS) else apis
     if config.profile == "xsuaa":
         scopes = _space_separated(claims.get("scope", []), "scope")
         if not config.xsappname:

@@ -5,9 +5,10 @@
 The floor is a bare RSA-2048 PKCS#1 v1.5 SHA-256 signature verify with `cryptography` on
 pre-split, pre-decoded input: no parsing, no claims. Each round, every approach validates
 the same batch of distinct IAS-shaped RS256 tokens (signature, issuer, audience, expiry),
-in interleaved chunks, timed in CPU time of the measuring thread; a ratio is taken within each round and the table shows the median
-of those per-round ratios (and their spread), so a machine that is busier in one round than
-in another moves all approaches together. Keys are pre-loaded everywhere (our verifier
+interleaved in small chunks and timed in CPU time of the measuring thread (on a shared
+machine, time spent descheduled would otherwise land on whoever was running). A ratio is
+taken within each round; the table shows the median of those per-round ratios and their
+spread. Keys are pre-loaded everywhere (our verifier
 fetches its JWKS once, in-process, before timing).
 
 - ``first sight``: our verifier with its default token cache, on tokens it has never seen
