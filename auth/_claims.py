@@ -181,7 +181,10 @@ def check_claims(
             raise InvalidToken("aud missing")
     # RFC 7519 §4.1.3 and RFC 8707 §2: exact match of one entry, no prefix or dot tricks.
     ours = config.audiences
-    if not any(a in ours for a in audiences):
+    for candidate in audiences:
+        if candidate in ours:
+            break
+    else:
         raise InvalidToken(f"audience {list(audiences)!r} is not ours")
     subject = claims.get("sub")
     if type(subject) is not str or not subject:
