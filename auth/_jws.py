@@ -27,6 +27,7 @@ from ._errors import InvalidToken
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
+    "HeaderMemo",
     "ParsedJWS",
     "PublicJWK",
     "parse_jws",
@@ -177,8 +178,19 @@ def _check_header(header: dict[str, Any], algorithms: frozenset[str]) -> tuple[s
     return alg, kid
 
 
-def parse_jws(token: str, *, algorithms: frozenset[str], max_bytes: int = 8192) -> ParsedJWS:
+HeaderMemo = dict[bytes, tuple[str, str, Mapping[str, Any]]]
+"""Decoded, policy-checked headers by their exact base64url segment (owned by one verifier)."""
+_MAX_HEADER_MEMO = 64
+
+
+def parse_jws(
+    token: str, *, algorithms: frozenset[str], max_bytes: int = 8192, header_memo: HeaderMemo | None = None
+) -> ParsedJWS:
     """Split and decode a compact JWS in one pass per segment, enforcing the header policy.
+
+    An issuer signs every token with one of a few identical headers, so a verifier may pass a
+    ``header_memo`` it owns: a header segment already decoded and accepted under the same
+    ``algorithms`` is not decoded again. Only accepted headers are remembered, at most 64.
 
     Raises:
         InvalidToken: for anything but a three-part JWS with an allowed ``alg`` and a ``kid``,
@@ -196,14 +208,23 @@ def parse_jws(token: str, *, algorithms: frozenset[str], max_bytes: int = 8192) 
             raise InvalidToken("encrypted tokens (JWE) are not accepted")
         raise InvalidToken(f"token has {len(parts)} segments, a JWS has 3")
     h64, p64, s64 = parts
-    header = _json_object(b64url_decode(h64, "header"), "header")
-    alg, kid = _check_header(header, algorithms)
+    known = header_memo.get(h64) if header_memo is not None else None
+    if known is not None and known[0] in algorithms:
+        alg, kid, header = known
+    else:
+        decoded = _json_object(b64url_decode(h64, "header"), "header")
+        alg, kid = _check_header(decoded, algorithms)
+        header = MappingProxyType(decoded)
+        if header_memo is not None:
+            if len(header_memo) >= _MAX_HEADER_MEMO:
+                header_memo.clear()  # forged headers can only cost the memo, never a verdict
+            header_memo[h64] = (alg, kid, header)
     claims = _json_object(b64url_decode(p64, "payload"), "payload")
     signature = b64url_decode(s64, "signature")
     if not signature:
         raise InvalidToken("empty signature")
     signing_input = raw[: len(h64) + 1 + len(p64)]
-    return ParsedJWS(alg, kid, MappingProxyType(header), MappingProxyType(claims), signing_input, signature)
+    return ParsedJWS(alg, kid, header, MappingProxyType(claims), signing_input, signature)
 
 
 # Padding and hash objects are immutable descriptors: build them once per algorithm, not per token.

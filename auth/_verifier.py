@@ -21,7 +21,7 @@ import httpx
 from ._claims import check_claims, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
 from ._jwks import JWKSCache
-from ._jws import parse_jws, verify_signature
+from ._jws import HeaderMemo, parse_jws, verify_signature
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
 
@@ -86,6 +86,7 @@ class JWTVerifier:
         self._keys: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], JWKSCache] = OrderedDict()
         self._cache: OrderedDict[bytes, tuple[VerifiedToken, JWKSCache, str]] = OrderedDict()
         self._births: deque[float] = deque()
+        self._headers: HeaderMemo = {}  # decoded JOSE headers (parse_jws), bounded there
         self.cache_hits = 0
 
     async def aclose(self) -> None:
@@ -173,7 +174,7 @@ class JWTVerifier:
                 return verified
             del self._cache[digest]  # its key left the issuer's key set: verify afresh
 
-        jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes)
+        jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes, header_memo=self._headers)
         config, issuer = match_issuer(jws.claims, s.issuers)
         keys = self._holder_of(issuer, jws.kid) or self.key_cache(config, issuer, jws.claims)
         key = await keys.get(jws.kid)

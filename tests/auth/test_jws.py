@@ -235,3 +235,43 @@ def test_b64url_decode_round_trips_every_length() -> None:
     for n in range(0, 70):
         data = bytes(range(n))
         assert b64url_decode(b64(data).encode()) == data
+
+
+# --- a verifier's header memo changes no verdict ---------------------------------------------------
+
+
+def test_header_memo_gives_the_same_parse_and_remembers_only_accepted_headers() -> None:
+    from auth._jws import HeaderMemo
+
+    memo: HeaderMemo = {}
+    token = CTX.good()
+    first = parse_jws(token, algorithms=RS256, header_memo=memo)
+    again = parse_jws(token, algorithms=RS256, header_memo=memo)
+    assert first == again == parse_jws(token, algorithms=RS256)
+    assert list(memo) == [token.split(".")[0].encode()]
+    with pytest.raises(InvalidToken):
+        parse_jws(CTX.token(CTX.header(crit=["exp"])), algorithms=RS256, header_memo=memo)
+    assert len(memo) == 1
+
+
+def test_header_memo_rechecks_the_algorithm_policy() -> None:
+    memo: dict[bytes, Any] = {}
+    token = CTX.good()
+    parse_jws(token, algorithms=RS256, header_memo=memo)
+    with pytest.raises(InvalidToken):
+        parse_jws(token, algorithms=frozenset({"ES256"}), header_memo=memo)
+
+
+@pytest.mark.parametrize("case", [c for c in HEADER_CASES + MALFORMED_CASES if c.layer == "parse"], ids=_ids)
+def test_bad_tokens_are_refused_with_a_warm_header_memo(case: Case) -> None:
+    memo: dict[bytes, Any] = {}
+    parse_jws(CTX.good(), algorithms=RS256, header_memo=memo)
+    with pytest.raises(InvalidToken):
+        parse_jws(case.build(CTX), algorithms=RS256, header_memo=memo)
+
+
+def test_header_memo_stays_bounded_under_ever_new_headers() -> None:
+    memo: dict[bytes, Any] = {}
+    for i in range(150):
+        parse_jws(CTX.token(CTX.header(kid=f"forged-{i}")), algorithms=RS256, header_memo=memo)
+        assert len(memo) <= 64
