@@ -34,7 +34,12 @@ __all__ = [
 
 _XFCC = b"x-forwarded-client-cert"
 _MAX_XFCC = 16 * 1024
-_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL)
+_MAX_SPECIALS = 512  # separators, quotes and escapes in an Envoy-form value
+_BEGIN = "-----BEGIN CERTIFICATE-----"
+_END = "-----END CERTIFICATE-----"
+# Envoy's element keys (the gorouter's base64 DER contains no '=' before its padding, and no ';').
+_ENVOY_KEYS = frozenset({"Hash", "Cert", "By", "Subject", "URI", "DNS"})
+_SPECIALS = re.compile(r'["\\,;]')  # a single character class: one linear scan, no backtracking
 
 
 def certificate_thumbprint(der: bytes) -> str:
@@ -43,9 +48,14 @@ def certificate_thumbprint(der: bytes) -> str:
 
 
 def _der_from_text(text: str) -> bytes:
-    match = _PEM.search(text)
-    body = match.group(1) if match else text
-    body = re.sub(r"\s+", "", body)
+    # Linear: find() for the armour, split() for whitespace; no pattern can backtrack (issue 7).
+    begin = text.find(_BEGIN)
+    if begin >= 0:
+        end = text.find(_END, begin + len(_BEGIN))
+        if end < 0:
+            raise InvalidToken("client certificate PEM has no END line")
+        text = text[begin + len(_BEGIN) : end]
+    body = "".join(text.split())
     try:
         der = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -58,30 +68,45 @@ def _der_from_text(text: str) -> bytes:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, current, quoted, escaped = [], [], False, False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\" and quoted:
-            current.append(ch)
-            escaped = True
+    """Split ``text`` at ``sep`` outside double quotes (backslash escapes inside quotes), linearly."""
+    if '"' not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    start, quoted, escaped_at = 0, False, -1
+    for match in _SPECIALS.finditer(text):  # visits only the special characters, each once
+        at = match.start()
+        if at == escaped_at:
+            continue
+        ch = match.group()
+        if quoted:
+            if ch == "\\":
+                escaped_at = at + 1
+            elif ch == '"':
+                quoted = False
         elif ch == '"':
-            quoted = not quoted
-            current.append(ch)
-        elif ch == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
+            quoted = True
+        elif ch == sep:
+            parts.append(text[start:at])
+            start = at + 1
     if quoted:
         raise InvalidToken("X-Forwarded-Client-Cert has an unterminated quote")
-    parts.append("".join(current))
+    parts.append(text[start:])
     return parts
 
 
+def _is_envoy(value: str) -> bool:
+    """Whether ``value`` is Envoy's ``Key=value;...`` form: some element starts with a known key."""
+    if "=" not in value:
+        return False  # the gorouter's base64 DER has '=' only as padding, after no known key
+    for piece in value.replace(",", ";").split(";"):
+        key, eq, _ = piece.partition("=")
+        if eq and key.lstrip() in _ENVOY_KEYS:
+            return True
+    return False
+
+
 def parse_forwarded_client_cert(value: str) -> bytes:
-    """The DER client certificate from an ``X-Forwarded-Client-Cert`` value (pure).
+    """The DER client certificate from an ``X-Forwarded-Client-Cert`` value (pure, linear time).
 
     Envoy form: elements separated by ``,``, pairs by ``;``; the last element's ``Cert``
     (url-encoded PEM) is the certificate the nearest proxy saw. Otherwise the value is the
@@ -93,7 +118,10 @@ def parse_forwarded_client_cert(value: str) -> bytes:
     value = value.strip()
     if not value or len(value) > _MAX_XFCC:
         raise InvalidToken("X-Forwarded-Client-Cert is empty or too long")
-    if "=" in value and re.search(r"(^|[;,])\s*(Hash|Cert|By|Subject|URI|DNS)=", value):
+    if _is_envoy(value):
+        # A few proxies with a handful of pairs each; counting in C keeps the worst case cheap.
+        if sum(value.count(c) for c in '",;\\') > _MAX_SPECIALS:
+            raise InvalidToken("X-Forwarded-Client-Cert has too many elements, pairs or quotes")
         element = _split_outside_quotes(value, ",")[-1]
         for pair in _split_outside_quotes(element, ";"):
             key, _, raw = pair.strip().partition("=")
@@ -142,7 +170,8 @@ def check_certificate_binding(
         return
     if certificate is None:
         raise InvalidToken("certificate-bound token presented without a client certificate")
-    if not hmac.compare_digest(certificate_thumbprint(certificate), expected):
+    # Bytes on both sides: compare_digest refuses non-ASCII str with a TypeError (a 500, issue 7).
+    if not hmac.compare_digest(certificate_thumbprint(certificate).encode(), expected.encode("utf-8", "replace")):
         raise InvalidToken("client certificate does not match the token's cnf.x5t#S256")
 
 

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from ._errors import AuthError, InsufficientScope
 
 __all__ = ["challenge", "error_headers", "error_body"]
 
 
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
 def _quoted(value: str) -> str:
-    # RFC 9110 §5.6.4 quoted-string; our values never need more than escaping '"' and '\'.
+    """RFC 9110 §5.6.4 quoted-string of ``value``, printable ASCII only.
+
+    Control characters (CR and LF above all: header injection) and anything outside ASCII
+    cannot appear in a header value, so they are percent-encoded (RFC 3986 §2.1) first.
+    """
+    value = _PRINTABLE.sub(lambda m: quote(m.group(), safe="", errors="replace"), value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -20,25 +20,31 @@ __all__ = ["match_issuer", "check_times", "check_claims", "extract_permissions",
 
 PRINCIPAL_PROPAGATION = "principal-propagation"
 """IAS marker for "all APIs for principal propagation": not a permission group (ias.md)."""
+_NOT_PERMISSIONS = frozenset({"", PRINCIPAL_PROPAGATION})
 
 # One DNS label (RFC 1123), lower case as IAS issues them: no dots, no port, no path.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_MAX_TIME = 2**63  # far beyond any real date; keeps int/float arithmetic exact and bounded
+# RFC 8705 §3.1: base64url of a SHA-256 digest is 43 characters, the last one canonical.
+_X5T_S256 = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+# RFC 7800 confirmation members we can check; anything else (DPoP's jkt, RFC 9449 §6) we cannot.
+_CHECKABLE_CNF = frozenset({"x5t#S256"})
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    # bool is an int in Python; NaN/Infinity cannot arrive from our JSON parser but may from callers.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken(f"{name} is not a finite number")
-    try:
-        number = float(value)  # JSON integers are unbounded: 10**400 overflows here
-    except OverflowError:
-        raise InvalidToken(f"{name} is out of range") from None
-    if not math.isfinite(number):
-        raise InvalidToken(f"{name} is not a finite number")
-    return number
+    kind = type(value)
+    # bool is an int subclass; exact types only. NaN/Infinity cannot arrive from our JSON parser
+    # but may from callers.
+    if kind is int:
+        if -_MAX_TIME < value < _MAX_TIME:
+            return value  # type: ignore[no-any-return]
+        raise InvalidToken(f"{name} is out of range")  # JSON integers are unbounded: 10**400
+    if kind is float and math.isfinite(value):
+        return value  # type: ignore[no-any-return]
+    raise InvalidToken(f"{name} is not a finite number")
 
 
 def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -> tuple[IssuerConfig, str]:
@@ -61,7 +67,13 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
         if effective == config.issuer:
             return config, effective
         for domain in config.domains:
-            if re.fullmatch(rf"https://{_LABEL}\.{re.escape(domain)}", effective):
+            # https://<one DNS label>.<domain>: plain string checks and one precompiled pattern.
+            if (
+                effective.startswith("https://")
+                and effective.endswith(domain)
+                and _LABEL.fullmatch(effective, 8, len(effective) - len(domain) - 1)
+                and effective[-len(domain) - 1] == "."
+            ):
                 return config, effective
     raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
 
@@ -87,8 +99,12 @@ def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
 
 
 def _string_list(value: object, name: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if type(value) is not list:
         raise InvalidToken(f"{name} must be an array of strings")
+    try:
+        "".join(value)  # one C-level pass that fails on any member that is not a string
+    except TypeError:
+        raise InvalidToken(f"{name} must be an array of strings") from None
     return value
 
 
@@ -107,8 +123,8 @@ def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> froz
     if config.profile == "ias":
         if "ias_apis" not in claims:
             return frozenset()  # IAS omits the claim when nothing is granted
-        apis = _string_list(claims["ias_apis"], "ias_apis")
-        return frozenset(a for a in apis if a and a != PRINCIPAL_PROPAGATION)
+        apis = frozenset(_string_list(claims["ias_apis"], "ias_apis"))
+        return apis - _NOT_PERMISSIONS if not apis.isdisjoint(_NOT_PERMISSIONS) else apis
     if config.profile == "xsuaa":
         scopes = _space_separated(claims.get("scope", []), "scope")
         if not config.xsappname:
@@ -122,10 +138,10 @@ def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> froz
     return frozenset(_space_separated(claims.get("scope", ""), "scope"))
 
 
-def _first_string(claims: Mapping[str, Any], *names: str) -> str | None:
+def _first_string(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     for name in names:
         value = claims.get(name)
-        if isinstance(value, str) and value:
+        if type(value) is str and value:
             return value
     return None
 
@@ -155,35 +171,55 @@ def check_claims(
     """
     exp = check_times(claims, now=now, leeway=leeway)
     aud = claims.get("aud")
-    audiences = (aud,) if isinstance(aud, str) else tuple(_string_list(aud, "aud")) if aud is not None else ()
-    if not audiences:
+    if type(aud) is str:
+        audiences: tuple[str, ...] = (aud,)
+    elif aud is None:
         raise InvalidToken("aud missing")
+    else:
+        audiences = tuple(_string_list(aud, "aud"))
+        if not audiences:
+            raise InvalidToken("aud missing")
     # RFC 7519 §4.1.3 and RFC 8707 §2: exact match of one entry, no prefix or dot tricks.
-    if not set(audiences).intersection(config.audiences):
+    ours = config.audiences
+    for candidate in audiences:
+        if candidate in ours:
+            break
+    else:
         raise InvalidToken(f"audience {list(audiences)!r} is not ours")
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
+    if type(subject) is not str or not subject:
         raise InvalidToken("sub missing or not a string")
     permissions = extract_permissions(claims, config)
-    thumbprint = None
-    if "cnf" in claims:
-        cnf = claims["cnf"]
-        if not isinstance(cnf, dict):
-            raise InvalidToken("cnf is not an object")
-        x5t = cnf.get("x5t#S256")
-        if x5t is not None and (not isinstance(x5t, str) or not x5t):
-            raise InvalidToken("cnf.x5t#S256 is not a string")
-        thumbprint = x5t
+    thumbprint = _confirmation(claims["cnf"]) if "cnf" in claims else None
     iat = claims.get("iat")
     return VerifiedToken(
-        subject=subject,
-        client_id=_first_string(claims, *_CLIENT_CLAIMS[config.profile]) or subject,
-        issuer=issuer,
-        audience=audiences,
-        permissions=expand_permissions(permissions, implies) if implies else permissions,
-        expires_at=exp,
-        issued_at=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None,
-        tenant=_first_string(claims, *_TENANT_CLAIMS[config.profile]),
-        certificate_thumbprint=thumbprint,
-        claims=claims if isinstance(claims, MappingProxyType) else MappingProxyType(dict(claims)),
+        subject,
+        _first_string(claims, _CLIENT_CLAIMS[config.profile]) or subject,
+        issuer,
+        audiences,
+        expand_permissions(permissions, implies) if implies else permissions,
+        exp,
+        int(iat) if type(iat) is int or type(iat) is float else None,
+        _first_string(claims, _TENANT_CLAIMS[config.profile]),
+        thumbprint,
+        claims if type(claims) is MappingProxyType else MappingProxyType(dict(claims)),
     )
+
+
+def _confirmation(cnf: object) -> str | None:
+    """The certificate thumbprint of a ``cnf`` claim (RFC 7800 §3.1, RFC 8705 §3.1).
+
+    A confirmation method we cannot check (``jkt`` for DPoP, RFC 9449 §6, or any other) means
+    the token is not a plain bearer token: refusing it is the only safe answer.
+    """
+    if type(cnf) is not dict:
+        raise InvalidToken("cnf is not an object")
+    if not cnf.keys() <= _CHECKABLE_CNF:
+        names = sorted(k for k in cnf if k not in _CHECKABLE_CNF)[:4]
+        raise InvalidToken(f"cnf has confirmation methods we cannot check: {names!r}"[:200])
+    if not cnf:
+        return None
+    x5t = cnf["x5t#S256"]
+    if type(x5t) is not str or not _X5T_S256.fullmatch(x5t):
+        raise InvalidToken("cnf.x5t#S256 is not the base64url of a SHA-256 digest")
+    return x5t

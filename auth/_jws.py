@@ -8,14 +8,13 @@ algorithm, so an RSA public key can never become an HMAC secret (RFC 8725 §3.1)
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -28,6 +27,7 @@ from ._errors import InvalidToken
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
+    "HeaderMemo",
     "ParsedJWS",
     "PublicJWK",
     "parse_jws",
@@ -47,16 +47,14 @@ SUPPORTED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "
 
 _KTY_FOR_ALG = {alg: ("EC" if alg.startswith("ES") else "RSA") for alg in SUPPORTED_ALGORITHMS}
 _MIN_RSA_BITS = 2048  # RFC 7518 §3.3
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _KID = re.compile(r"[A-Za-z0-9_.~+/=:-]{1,128}")
 # Headers that name or carry a key: using them lets the token choose its own verifier.
 _KEY_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedJWS:
-    """A syntactically valid JWS whose signature is not yet checked."""
+class ParsedJWS(NamedTuple):
+    """A syntactically valid JWS whose signature is not yet checked (immutable, cheap to build)."""
 
     alg: str
     kid: str
@@ -85,22 +83,45 @@ class PublicJWK:
         return self.kty != "EC" or _EC_CURVES[alg][0] == self.curve
 
 
-def _b64decode(segment: str, what: str) -> bytes:
-    # RFC 7515 §2: base64url without padding; no '+', '/', '=' or whitespace.
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+# RFC 7515 §2 base64url without padding, decoded by translating to the standard alphabet for
+# binascii's strict C decoder. '+', '/' and '=' are mapped to a byte strict mode refuses, so only
+# the URL-safe alphabet gets through; whitespace and anything else is refused by strict mode too.
+_TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
+_PAD = (b"", None, b"==", b"=")
+# Canonical form (one token, one spelling): the unused low bits of the last character must be
+# zero, i.e. a 2-character tail ends in a multiple of 16, a 3-character tail in a multiple of 4.
+_CANONICAL_LAST = (
+    None,
+    None,
+    frozenset(b"AQgw"),
+    frozenset(b"AEIMQUYcgkosw048"),
+)
+
+
+def b64url_decode(segment: bytes, what: str = "segment") -> bytes:
+    """Decode canonical unpadded base64url (RFC 7515 §2, RFC 4648 §5 and §3.5).
+
+    Raises:
+        InvalidToken: padding, characters outside the URL-safe alphabet, an impossible length,
+            or non-zero trailing bits (a second spelling of the same bytes).
+    """
+    rem = len(segment) % 4
+    pad = _PAD[rem]
+    if pad is None:
         raise InvalidToken(f"{what} is not base64url")
+    if rem and segment[-1] not in _CANONICAL_LAST[rem]:  # type: ignore[operator]
+        raise InvalidToken(f"{what} is not canonical base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex already guards
+        return binascii.a2b_base64(segment.translate(_TO_STANDARD) + pad, strict_mode=True)
+    except binascii.Error as exc:
         raise InvalidToken(f"{what} is not base64url") from exc
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate member {key!r}")
-        result[key] = value
+    # dict() runs in C; a length mismatch means some name came twice (RFC 7515 §4, RFC 8725 §3.5).
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member")
     return result
 
 
@@ -110,41 +131,41 @@ def _reject_constant(name: str) -> Any:
 
 # Built once: json.loads with hooks would construct a decoder per call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_JSON_SPACE = " \t\n\r"
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        start = 0 if text[:1] == "{" else len(text) - len(text.lstrip(_JSON_SPACE))
+        value, end = _scan(text, start)
+        if end != len(text) and text[end:].strip(_JSON_SPACE):
+            raise ValueError("extra data after the JSON value")
+    except StopIteration:
+        raise InvalidToken(f"{what} is not valid JSON") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidToken(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise InvalidToken(f"{what} is not a JSON object")
     return value
 
 
-def parse_jws(token: str, *, algorithms: frozenset[str], max_bytes: int = 8192) -> ParsedJWS:
-    """Split and decode a compact JWS, enforcing the header policy.
+_PLAIN_HEADER = frozenset({"alg", "kid", "typ"})
 
-    Raises:
-        InvalidToken: for anything but a three-part JWS with an allowed ``alg`` and a ``kid``.
-    """
-    if len(token) > max_bytes:
-        raise InvalidToken(f"token longer than {max_bytes} bytes")
-    if not token.isascii():
-        raise InvalidToken("token has non-ASCII characters")
-    parts = token.split(".")
-    if len(parts) == 5:
-        raise InvalidToken("encrypted tokens (JWE) are not accepted")
-    if len(parts) != 3:
-        raise InvalidToken(f"token has {len(parts)} segments, a JWS has 3")
-    h64, p64, s64 = parts
-    header = _json_object(_b64decode(h64, "header"), "header")
+
+def _check_header(header: dict[str, Any], algorithms: frozenset[str]) -> tuple[str, str]:
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algorithms:
+    if type(alg) is not str or alg not in algorithms:
         raise InvalidToken(f"algorithm {alg!r} is not allowed")
     kid = header.get("kid")
-    if not isinstance(kid, str) or not _KID.fullmatch(kid):
+    if type(kid) is not str or not _KID.fullmatch(kid):
         raise InvalidToken("kid missing or malformed")
+    typ = header.get("typ")
+    if typ is not None and (type(typ) is not str or typ.lower() not in _ACCEPTED_TYP):
+        raise InvalidToken(f"typ {typ!r} is not accepted")
+    if header.keys() <= _PLAIN_HEADER:
+        return alg, kid  # the usual IAS header: nothing else to refuse
     if used := _KEY_HEADERS.intersection(header):
         raise InvalidToken(f"key-carrying header {sorted(used)} is not accepted")
     if "crit" in header:  # RFC 7515 §4.1.11: we understand no extensions, so any crit must fail
@@ -152,23 +173,67 @@ def parse_jws(token: str, *, algorithms: frozenset[str], max_bytes: int = 8192) 
     if "b64" in header or "zip" in header or "enc" in header:
         raise InvalidToken("b64/zip/enc headers are not accepted")
     cty = header.get("cty")
-    if cty is not None and (not isinstance(cty, str) or cty.lower() in ("jwt", "application/jwt")):
+    if cty is not None and (type(cty) is not str or cty.lower() in ("jwt", "application/jwt")):
         raise InvalidToken("nested JWTs are not accepted")
-    typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
-        raise InvalidToken(f"typ {typ!r} is not accepted")
-    claims = _json_object(_b64decode(p64, "payload"), "payload")
-    signature = _b64decode(s64, "signature")
+    return alg, kid
+
+
+HeaderMemo = dict[bytes, tuple[str, str, Mapping[str, Any]]]
+"""Decoded, policy-checked headers by their exact base64url segment (owned by one verifier)."""
+_MAX_HEADER_MEMO = 64
+
+
+def parse_jws(
+    token: str, *, algorithms: frozenset[str], max_bytes: int = 8192, header_memo: HeaderMemo | None = None
+) -> ParsedJWS:
+    """Split and decode a compact JWS in one pass per segment, enforcing the header policy.
+
+    An issuer signs every token with one of a few identical headers, so a verifier may pass a
+    ``header_memo`` it owns: a header segment already decoded and accepted under the same
+    ``algorithms`` is not decoded again. Only accepted headers are remembered, at most 64.
+
+    Raises:
+        InvalidToken: for anything but a three-part JWS with an allowed ``alg`` and a ``kid``,
+            in canonical base64url, whose header and payload are JSON objects.
+    """
+    if len(token) > max_bytes:
+        raise InvalidToken(f"token longer than {max_bytes} bytes")
+    try:
+        raw = token.encode("ascii")
+    except UnicodeEncodeError:
+        raise InvalidToken("token has non-ASCII characters") from None
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        if len(parts) == 5:
+            raise InvalidToken("encrypted tokens (JWE) are not accepted")
+        raise InvalidToken(f"token has {len(parts)} segments, a JWS has 3")
+    h64, p64, s64 = parts
+    known = header_memo.get(h64) if header_memo is not None else None
+    if known is not None and known[0] in algorithms:
+        alg, kid, header = known
+    else:
+        decoded = _json_object(b64url_decode(h64, "header"), "header")
+        alg, kid = _check_header(decoded, algorithms)
+        header = MappingProxyType(decoded)
+        if header_memo is not None:
+            if len(header_memo) >= _MAX_HEADER_MEMO:
+                header_memo.clear()  # forged headers can only cost the memo, never a verdict
+            header_memo[h64] = (alg, kid, header)
+    claims = _json_object(b64url_decode(p64, "payload"), "payload")
+    signature = b64url_decode(s64, "signature")
     if not signature:
         raise InvalidToken("empty signature")
-    return ParsedJWS(
-        alg=alg,
-        kid=kid,
-        header=MappingProxyType(header),
-        claims=MappingProxyType(claims),
-        signing_input=f"{h64}.{p64}".encode("ascii"),
-        signature=signature,
-    )
+    signing_input = raw[: len(h64) + 1 + len(p64)]
+    return ParsedJWS(alg, kid, header, MappingProxyType(claims), signing_input, signature)
+
+
+# Padding and hash objects are immutable descriptors: build them once per algorithm, not per token.
+_RSA_SCHEMES: dict[str, tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]] = {}
+for _bits, _hash in _HASHES.items():
+    _digest = _hash()
+    _RSA_SCHEMES["RS" + _bits] = (padding.PKCS1v15(), _digest)
+    _RSA_SCHEMES["PS" + _bits] = (padding.PSS(mgf=padding.MGF1(_digest), salt_length=_digest.digest_size), _digest)
+_ECDSA = {alg: (ec.ECDSA(_HASHES[alg[2:]]()), size) for alg, (_, _, size) in _EC_CURVES.items()}
 
 
 def verify_signature(jws: ParsedJWS, key: PublicJWK) -> None:
@@ -177,27 +242,23 @@ def verify_signature(jws: ParsedJWS, key: PublicJWK) -> None:
     Raises:
         InvalidToken: the key does not fit the algorithm or the signature is wrong.
     """
-    if not key.fits(jws.alg):
-        raise InvalidToken(f"key {key.kid!r} ({key.kty}) does not fit {jws.alg}")
-    digest = _HASHES[jws.alg[2:]]()
+    alg = jws.alg
+    if not key.fits(alg):
+        raise InvalidToken(f"key {key.kid!r} ({key.kty}) does not fit {alg}")
     try:
-        if jws.alg.startswith("ES"):
-            assert isinstance(key.key, ec.EllipticCurvePublicKey)
-            size = _EC_CURVES[jws.alg][2]
-            if len(jws.signature) != 2 * size:
-                raise InvalidToken("ECDSA signature has the wrong length")
-            r = int.from_bytes(jws.signature[:size], "big")
-            s = int.from_bytes(jws.signature[size:], "big")
-            if r == 0 or s == 0:  # CVE-2022-21449 "psychic signatures"
-                raise InvalidToken("ECDSA signature with a zero component")
-            key.key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(digest))
-        elif jws.alg.startswith("PS"):
-            assert isinstance(key.key, rsa.RSAPublicKey)
-            pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-            key.key.verify(jws.signature, jws.signing_input, pss, digest)
-        else:
-            assert isinstance(key.key, rsa.RSAPublicKey)
-            key.key.verify(jws.signature, jws.signing_input, padding.PKCS1v15(), digest)
+        scheme = _RSA_SCHEMES.get(alg)
+        if scheme is not None:  # fits() made sure the key is RSA
+            cast(rsa.RSAPublicKey, key.key).verify(jws.signature, jws.signing_input, scheme[0], scheme[1])
+            return
+        public = cast(ec.EllipticCurvePublicKey, key.key)
+        ecdsa, size = _ECDSA[alg]
+        if len(jws.signature) != 2 * size:
+            raise InvalidToken("ECDSA signature has the wrong length")
+        r = int.from_bytes(jws.signature[:size], "big")
+        s = int.from_bytes(jws.signature[size:], "big")
+        if r == 0 or s == 0:  # CVE-2022-21449 "psychic signatures"
+            raise InvalidToken("ECDSA signature with a zero component")
+        public.verify(encode_dss_signature(r, s), jws.signing_input, ecdsa)
     except InvalidSignature as exc:
         raise InvalidToken("signature does not verify") from exc
 

@@ -33,18 +33,22 @@ CertificateCheck = Callable[[dict[str, Any], VerifiedToken], None]
 def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b"") -> str:
     """Extract the token from the one ``Authorization: Bearer`` header (RFC 6750 §2.1).
 
+    Only the header counts: a token in the query string (RFC 6750 §2.3, not supported because
+    URLs end up in logs) is never read or used, so a request carrying nothing else has no
+    credentials and gets the bare challenge (§3.1).
+
     Raises:
-        MissingToken: no Authorization header at all.
-        InvalidToken: two headers, another scheme, an empty or malformed token, or a token
-            in the query string (RFC 6750 §2.3 is not supported: URLs end up in logs).
+        MissingToken: no Authorization header (whatever the query string holds).
+        InvalidToken: two headers, another scheme, an empty or malformed token, or a header
+            together with an ``access_token`` query parameter (RFC 6750 §2: one method only).
     """
     values = [v for k, v in headers if k.lower() == b"authorization"]
-    if query_string and any(k == "access_token" for k, _ in parse_qsl(query_string.decode("latin-1"))):
-        raise InvalidToken("token in the query string is not accepted")
     if not values:
         raise MissingToken("no Authorization header")
     if len(values) > 1:
         raise InvalidToken("more than one Authorization header")
+    if query_string and _has_access_token(query_string):
+        raise InvalidToken("token in both the Authorization header and the query string")
     try:
         raw = values[0].decode("ascii")
     except UnicodeDecodeError as exc:
@@ -57,6 +61,10 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b
     if not token or " " in token:
         raise InvalidToken("Bearer credentials are empty or malformed")
     return token
+
+
+def _has_access_token(query_string: bytes) -> bool:
+    return any(k == "access_token" for k, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
 
 
 async def send_auth_error(

@@ -33,7 +33,7 @@ from ._claims import check_claims, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
 from ._http import key_fetch_client
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
-from ._jws import parse_jws, verify_signature
+from ._jws import HeaderMemo, parse_jws, verify_signature
 from ._sdk import verify_token as _sdk_verify_token
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
@@ -164,6 +164,7 @@ class JWTVerifier:
         self._births: deque[float] = deque()
         self._consumers: OrderedDict[tuple[str, Headers], _Consumer] = OrderedDict()
         self._cache: OrderedDict[bytes, _Hit] = OrderedDict()
+        self._headers: HeaderMemo = {}  # decoded JOSE headers (parse_jws), bounded there
         self.cache_hits = 0
         self.consumer_fetches = 0
 
@@ -362,7 +363,7 @@ class JWTVerifier:
             # otherwise: key retired, or keys/IAS answer due for a look: verify afresh
 
         s = self._settings
-        jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes)
+        jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes, header_memo=self._headers)
         config, issuer = match_issuer(jws.claims, s.issuers)
         keys = self._key_set(config, issuer)
         key, thumbprint = await keys.get_with_thumbprint(jws.kid)

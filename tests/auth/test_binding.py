@@ -8,6 +8,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,57 @@ def test_garbled_headers_are_invalid_token(value: str) -> None:
         parse_forwarded_client_cert(value)
 
 
+BEGIN, END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+LIMIT = 16 * 1024
+
+
+def _fill(prefix: str, unit: str, suffix: str = "") -> str:
+    """``prefix + unit * k + suffix`` as close to the 16 KiB limit as the unit allows."""
+    return prefix + unit * ((LIMIT - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+# Shapes that made the old backtracking pattern (or a naive splitter) super-linear, each 16 KiB.
+WORST_CASES = {
+    "begin_whitespace_x": _fill(BEGIN, " ", "x"),  # issue 7 item 3: cubic in the old regex
+    "begin_mixed_space_x": _fill(BEGIN, " \t\n\r\x0b", "x"),
+    "begin_repeated": _fill("", BEGIN),
+    "begin_space_end_space": _fill(BEGIN, " ", END + " x"),
+    "begin_then_ends": _fill(BEGIN, " " + END[:-1]),
+    "cert_whitespace": _fill("Cert=" + BEGIN, "%20", "x"),
+    "quoted_cert_whitespace": _fill('Cert="' + BEGIN, " ", 'x"'),
+    "separators": _fill("Hash=a", ";"),
+    "elements": _fill("", "Hash=a,"),
+    "unterminated_quote_separators": _fill('Cert="', ";,"),
+    "escapes": _fill('Subject="', "\\\""),
+    "quotes": _fill("Cert=", '"'),
+    "equals": _fill("", "="),
+    "keys_with_spaces": _fill("", " Hash =;"),
+}
+
+
+@pytest.mark.parametrize("value", WORST_CASES.values(), ids=WORST_CASES.keys())
+def test_worst_case_16_kib_header_is_refused_in_linear_time(value: str) -> None:
+    assert len(value) <= LIMIT
+    started = time.process_time()
+    with pytest.raises(InvalidToken):
+        parse_forwarded_client_cert(value)
+    assert time.process_time() - started < 0.5  # linear: about a millisecond; the old regex took minutes
+
+
+def test_header_over_16_kib_is_refused_without_parsing() -> None:
+    started = time.process_time()
+    with pytest.raises(InvalidToken, match="too long"):
+        parse_forwarded_client_cert(_fill(BEGIN, " ", "x") + " " * 8 + "x")
+    assert time.process_time() - started < 0.5
+
+
+def test_quoted_separators_and_escapes_stay_inside_their_element(certs: Certs) -> None:
+    tricky = 'Subject="CN=x,\\"O=y;z\\\\";URI=a'
+    assert parse_forwarded_client_cert(f"{envoy_element(certs.b)},{tricky};{envoy_element(certs.a)}") == certs.a.der
+    with pytest.raises(InvalidToken):
+        parse_forwarded_client_cert(f"{envoy_element(certs.a)},{tricky}")  # the last element has no Cert
+
+
 # --------------------------------------------------------------------------- pure: whose certificate
 
 
@@ -218,7 +270,8 @@ def live_server(db: Path, *, trust: bool = True, mode: str = "if-bound") -> Iter
         return create_app(dataclasses.replace(settings, auth=auth),
                           extra_routes=[*issuer.well_known_routes(), issuer.mount()])
 
-    with running_server(factory=factory, lifespan="on"):
+    # h11 refuses header blocks over 16 KiB by default; allow more so a 16 KiB XFCC reaches the app.
+    with running_server(factory=factory, lifespan="on", h11_max_incomplete_event_size=64 * 1024):
         yield built[0]
 
 
@@ -280,3 +333,35 @@ def test_required_mode_refuses_unbound_tokens(certs: Certs, tmp_path: Path) -> N
     with live_server(tmp_path / "notes.db", mode="required") as server:
         assert_invalid_token(server.call(server.issuer.mint("dev-full"), btp_header(certs.a)))
         assert server.call(bound(server, certs.a), btp_header(certs.a)).status_code == 200
+
+
+@pytest.mark.parametrize("shape", ["begin_whitespace_x", "cert_whitespace", "quotes", "separators"])
+def test_worst_case_16_kib_forwarded_header_gets_401_invalid_token_quickly(live: Live, certs: Certs,
+                                                                           shape: str) -> None:
+    token = bound(live, certs.a)
+    started = time.monotonic()
+    response = live.call(token, WORST_CASES[shape])
+    elapsed = time.monotonic() - started
+    assert_invalid_token(response)
+    assert response.json()["error"] == "invalid_token"
+    assert elapsed < 2.0  # the old pattern held the event loop for minutes at this size
+    assert live.call(token, btp_header(certs.a)).status_code == 200  # and the server is still serving
+
+
+@pytest.mark.parametrize("thumbprint", ["\u00e9" * 43, "\u2603" + "A" * 42, "abc", "A" * 44],
+                         ids=["latin1", "snowman_prefix", "short", "long"])
+def test_bound_token_with_malformed_thumbprint_gets_401_invalid_token_not_500(live: Live, certs: Certs,
+                                                                              thumbprint: str) -> None:
+    token = live.issuer.mint("dev-full", client_certificate_thumbprint=thumbprint)
+    for headers in ((btp_header(certs.a),), ()):
+        response = live.call(token, *headers)
+        assert_invalid_token(response)
+        assert response.json()["error"] == "invalid_token"
+
+
+def test_dpop_bound_token_is_not_accepted_as_a_bearer_token(live: Live, certs: Certs) -> None:
+    jkt = certificate_thumbprint(certs.a.der)  # any well-formed JWK thumbprint
+    for cnf in ({"jkt": jkt}, {"jkt": jkt, "x5t#S256": certificate_thumbprint(certs.a.der)}):
+        response = live.call(live.issuer.mint("dev-full", cnf=cnf), btp_header(certs.a))
+        assert_invalid_token(response)
+        assert response.json()["error"] == "invalid_token"

@@ -5,6 +5,7 @@ The cases are those of attacks.md, "Claims", plus the permission mapping of ever
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,7 @@ from ._cases import (
     KEY,
     KID,
     Ctx,
+    b64,
     claim_cases,
     public_jwk,
 )
@@ -49,15 +51,43 @@ def validate(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...] = ISSU
     return check_claims(claims, config, issuer, now=NOW, leeway=LEEWAY, implies=implies)
 
 
+THUMBPRINT = b64(hashlib.sha256(b"certificate").digest())
+
+
 def test_good_ias_claims_give_the_principal() -> None:
-    token = validate(CTX.claims(cnf={"x5t#S256": "abc"}))
+    token = validate(CTX.claims(cnf={"x5t#S256": THUMBPRINT}))
     assert token.issuer == IAS_ISSUER
     assert token.audience == (AUDIENCE,)
     assert token.subject == token.client_id == "consumer-client"
     assert token.tenant == "7b20408e-3fe0-4ade-aa2e-ad97baac72e8"
     assert token.permissions == {"api_read_access", "api_write_access"}
     assert token.expires_at == NOW + 3600 and token.issued_at == NOW
-    assert token.certificate_thumbprint == "abc"
+    assert token.certificate_thumbprint == THUMBPRINT
+
+
+@pytest.mark.parametrize("x5t", [
+    "abc", "", THUMBPRINT + "A", THUMBPRINT[:-1], THUMBPRINT[:-1] + "B", THUMBPRINT + "=",
+    THUMBPRINT[:-2] + "+A", THUMBPRINT[:-2] + "/A", "\u00e9" * 43, "\u00e9" + THUMBPRINT[1:], "\ud800" * 43,
+    THUMBPRINT[:-1] + "\n", ["x"], {"x": 1}, 1, True, None,
+], ids=lambda v: repr(v)[:24])
+def test_malformed_certificate_thumbprint_is_invalid_token(x5t: object) -> None:
+    cnf = {"x5t#S256": x5t}
+    with pytest.raises(InvalidToken):
+        validate(CTX.claims(cnf=cnf))
+
+
+@pytest.mark.parametrize("cnf", [
+    {"jkt": THUMBPRINT},                          # DPoP (RFC 9449 §6)
+    {"jkt": THUMBPRINT, "x5t#S256": THUMBPRINT},  # one checkable method does not excuse another
+    {"jwk": {"kty": "EC"}}, {"kid": "k"}, {"jku": "https://x"}, {"osc": "x"}, {"x5t": "abc"},
+])
+def test_confirmation_method_we_cannot_check_is_invalid_token(cnf: dict[str, Any]) -> None:
+    with pytest.raises(InvalidToken):
+        validate(CTX.claims(cnf=cnf))
+
+
+def test_empty_cnf_binds_to_nothing() -> None:
+    assert validate(CTX.claims(cnf={})).certificate_thumbprint is None
 
 
 @pytest.mark.parametrize("defect", [*CLAIM_DEFECTS.values(), *IAS_ISS_DEFECTS.values()],

@@ -7,7 +7,9 @@ issuers: the live test IdP and an IAS tenant that is never contacted.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -172,10 +174,35 @@ def test_token_for_another_audience_or_resource_is_rejected(client: httpx.Client
     assert_invalid_token(client.get("/mcp", headers=bearer(token)), token)
 
 
-def test_token_in_query_string_gets_401_invalid_token(client: httpx.Client, idp: IdP) -> None:
+def assert_bare_challenge(response: httpx.Response, token: str | None = None) -> None:
+    """401 without an error code (RFC 6750 §3.1): the request carried no usable credentials."""
+    assert response.status_code == 401
+    params = challenge(response)
+    assert "error" not in params and "error=" not in response.headers["www-authenticate"]
+    assert params["resource_metadata"] == METADATA_URL
+    assert response.json()["error"] == "unauthorized"
+    if token:
+        assert_not_echoed(response, token)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_token_only_in_query_string_gets_bare_challenge(client: httpx.Client, idp: IdP, method: str) -> None:
     token = idp.mint()
-    assert_invalid_token(client.get("/mcp", params={"access_token": token}), token)
+    r = client.request(method, "/mcp", params={"access_token": token})
+    assert_bare_challenge(r, token)
+
+
+def test_query_string_token_is_never_used_even_when_valid_and_alone(client: httpx.Client, idp: IdP) -> None:
+    token = idp.mint()
+    for query in (f"access_token={token}", f"x=1&access_token={token}&y=2", f"access%5Ftoken={token}"):
+        assert_bare_challenge(client.get(f"/mcp?{query}"), token)
+
+
+def test_token_in_header_and_query_string_gets_401_invalid_token(client: httpx.Client, idp: IdP) -> None:
+    token = idp.mint()
     assert_invalid_token(client.get("/mcp", params={"access_token": token}, headers=bearer(token)), token)
+    assert_invalid_token(client.get("/mcp", params={"access_token": ""}, headers=bearer(token)), token)
+    assert client.get("/mcp", params={"other": "1"}, headers=bearer(token)).status_code == 200
 
 
 def test_token_in_form_body_without_header_gets_401_without_error_code(client: httpx.Client,
@@ -329,3 +356,48 @@ def test_error_body_is_json(client: httpx.Client) -> None:
     assert r.headers["content-type"] == "application/json"
     description = challenge(r)["error_description"]
     assert json.loads(r.content) == {"error": "invalid_token", "error_description": description}
+
+
+# --- issue 7: proof-of-possession we cannot check, malformed thumbprints, one spelling per token ---
+
+THUMBPRINT = base64.urlsafe_b64encode(hashlib.sha256(b"some certificate").digest()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("cnf", [{"jkt": THUMBPRINT},
+                                 {"jkt": THUMBPRINT,
+                                  "x5t#S256": THUMBPRINT},
+                                 {"x5t": "abc"}, {"unknown": 1}],
+                         ids=["dpop_jkt", "jkt_and_x5t", "sha1_x5t", "unknown_method"])
+def test_token_with_confirmation_we_cannot_check_gets_401_invalid_token(client: httpx.Client, idp: IdP,
+                                                                         cnf: dict[str, Any]) -> None:
+    token = idp.mint(cnf=cnf)
+    assert_invalid_token(client.get("/mcp", headers=bearer(token)), token)
+
+
+@pytest.mark.parametrize("x5t", ["\u00e9" * 43, "\u2603", "abc", 42, ["x"]],
+                         ids=["non_ascii", "snowman", "short", "number", "list"])
+def test_signed_token_with_malformed_certificate_thumbprint_gets_401_invalid_token(client: httpx.Client, idp: IdP,
+                                                                                  x5t: Any) -> None:
+    token = idp.mint(cnf={"x5t#S256": x5t})
+    assert_invalid_token(client.get("/mcp", headers=bearer(token)), token)
+
+
+def test_certificate_bound_token_is_a_bearer_token_when_binding_is_off(client: httpx.Client, idp: IdP) -> None:
+    token = idp.mint(cnf={"x5t#S256": THUMBPRINT})
+    assert client.get("/mcp", headers=bearer(token)).status_code == 200
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def test_only_the_canonical_spelling_of_a_signature_is_accepted(client: httpx.Client, idp: IdP) -> None:
+    token = idp.mint()
+    head, signature = token.rsplit(".", 1)
+    assert len(signature) % 4 == 2  # RSA-2048: 342 characters, the last one carries 4 unused bits
+    base = ALPHABET.index(signature[-1]) & ~0b1111
+    others = [ALPHABET[base + i] for i in range(16) if ALPHABET[base + i] != signature[-1]]
+    assert client.get("/mcp", headers=bearer(token)).status_code == 200
+    for last in others:  # each decodes to the same signature bytes under a lenient decoder
+        spelling = f"{head}.{signature[:-1]}{last}"
+        assert_invalid_token(client.get("/mcp", headers=bearer(spelling)))
+    assert client.get("/mcp", headers=bearer(token)).status_code == 200

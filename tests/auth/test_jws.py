@@ -5,6 +5,7 @@ The cases are those of attacks.md, "Signature and header" and "Malformed".
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -59,8 +60,18 @@ def test_parse_jws_rejects_forbidden_or_malformed_token(case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", SIGNATURE_CASES, ids=_ids)
-def test_tampered_or_foreign_signature_parses_but_fails_verification(case: Case) -> None:
-    jws = parse_jws(case.build(CTX), algorithms=RS256)
+def test_tampered_or_foreign_signature_is_refused(case: Case) -> None:
+    # A truncated signature usually ends in a non-canonical character and is then refused by
+    # the parser already; either way it never verifies.
+    with pytest.raises(InvalidToken):
+        jws = parse_jws(case.build(CTX), algorithms=RS256)
+        verify_signature(jws, PUBLISHED[jws.kid])
+
+
+def test_canonical_but_truncated_signature_parses_and_fails_verification() -> None:
+    h, p, s = CTX.good().split(".")
+    truncated = s[:-5] + "A"  # same length class as the original, last character canonical
+    jws = parse_jws(f"{h}.{p}.{truncated}", algorithms=RS256)
     with pytest.raises(InvalidToken):
         verify_signature(jws, PUBLISHED[jws.kid])
 
@@ -172,3 +183,95 @@ def test_duplicate_kid_keeps_the_first_key_only() -> None:
 def test_document_that_is_not_a_jwks_raises_value_error(document: object) -> None:
     with pytest.raises(ValueError):
         parse_jwks(document)
+
+
+# --- one token, one spelling (canonical base64url, RFC 4648 §3.5) --------------------------------
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def other_spellings(segment: str) -> list[str]:
+    """Every other spelling of ``segment`` that a lenient decoder maps to the same bytes."""
+    unused_bits = {2: 4, 3: 2}[len(segment) % 4]
+    base = ALPHABET.index(segment[-1]) & ~((1 << unused_bits) - 1)
+    return [segment[:-1] + ALPHABET[base + i] for i in range(1 << unused_bits) if ALPHABET[base + i] != segment[-1]]
+
+
+def token_with_loose_ends() -> str:
+    """A signed token none of whose segments is a multiple of 4 characters long."""
+    for pad in range(12):
+        token = CTX.token(CTX.header(x="y" * pad), CTX.claims(pad="z" * pad))
+        if all(len(s) % 4 for s in token.split(".")):
+            return token
+    raise AssertionError("no padding gives loose ends")
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["header", "payload", "signature"])
+def test_non_canonical_spelling_of_any_segment_is_refused(index: int) -> None:
+    token = token_with_loose_ends()
+    verify_signature(parse_jws(token, algorithms=RS256), PUBLISHED[KID])  # the canonical one is fine
+    parts = token.split(".")
+    spellings = other_spellings(parts[index])
+    assert len(spellings) in (3, 15)
+    for spelling in spellings:
+        same = base64.urlsafe_b64decode(spelling + "==")
+        assert same == base64.urlsafe_b64decode(parts[index] + "==")  # a lenient decoder sees no difference
+        with pytest.raises(InvalidToken, match="canonical"):
+            parse_jws(".".join([*parts[:index], spelling, *parts[index + 1:]]), algorithms=RS256)
+
+
+@pytest.mark.parametrize("segment", ["YQ==", "YQ=", "Y Q", "YQ\n", "+w", "/w", "Y", "YQ.", "\u00e9Q"],
+                         ids=["padded", "half_padded", "space", "newline", "plus", "slash", "one_char", "dot",
+                              "non_ascii"])
+def test_signature_segment_outside_canonical_base64url_is_refused(segment: str) -> None:
+    h, p, _ = CTX.good().split(".")
+    with pytest.raises(InvalidToken):
+        parse_jws(f"{h}.{p}.{segment}", algorithms=RS256)
+
+
+def test_b64url_decode_round_trips_every_length() -> None:
+    from auth._jws import b64url_decode
+
+    for n in range(0, 70):
+        data = bytes(range(n))
+        assert b64url_decode(b64(data).encode()) == data
+
+
+# --- a verifier's header memo changes no verdict ---------------------------------------------------
+
+
+def test_header_memo_gives_the_same_parse_and_remembers_only_accepted_headers() -> None:
+    from auth._jws import HeaderMemo
+
+    memo: HeaderMemo = {}
+    token = CTX.good()
+    first = parse_jws(token, algorithms=RS256, header_memo=memo)
+    again = parse_jws(token, algorithms=RS256, header_memo=memo)
+    assert first == again == parse_jws(token, algorithms=RS256)
+    assert list(memo) == [token.split(".")[0].encode()]
+    with pytest.raises(InvalidToken):
+        parse_jws(CTX.token(CTX.header(crit=["exp"])), algorithms=RS256, header_memo=memo)
+    assert len(memo) == 1
+
+
+def test_header_memo_rechecks_the_algorithm_policy() -> None:
+    memo: dict[bytes, Any] = {}
+    token = CTX.good()
+    parse_jws(token, algorithms=RS256, header_memo=memo)
+    with pytest.raises(InvalidToken):
+        parse_jws(token, algorithms=frozenset({"ES256"}), header_memo=memo)
+
+
+@pytest.mark.parametrize("case", [c for c in HEADER_CASES + MALFORMED_CASES if c.layer == "parse"], ids=_ids)
+def test_bad_tokens_are_refused_with_a_warm_header_memo(case: Case) -> None:
+    memo: dict[bytes, Any] = {}
+    parse_jws(CTX.good(), algorithms=RS256, header_memo=memo)
+    with pytest.raises(InvalidToken):
+        parse_jws(case.build(CTX), algorithms=RS256, header_memo=memo)
+
+
+def test_header_memo_stays_bounded_under_ever_new_headers() -> None:
+    memo: dict[bytes, Any] = {}
+    for i in range(150):
+        parse_jws(CTX.token(CTX.header(kid=f"forged-{i}")), algorithms=RS256, header_memo=memo)
+        assert len(memo) <= 64

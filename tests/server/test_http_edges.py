@@ -76,10 +76,21 @@ def test_same_token_with_our_audience_is_accepted(srv: DevServer) -> None:
 # attacks.md, "Requests": only the Authorization header counts.
 
 
-def test_token_in_query_string_is_refused(srv: DevServer) -> None:
+def test_token_only_in_query_string_gets_bare_challenge(srv: DevServer) -> None:
+    # RFC 6750 §3.1: no credentials by a supported method, so no error code; the token is never used.
     token = srv.token("dev-full")
     response = httpx.post(srv.mcp_url, params={"access_token": token}, json=LIST,
                           headers={**LEGACY_HEADERS, "Accept": "application/json, text/event-stream"})
+    assert response.status_code == 401
+    assert "error" not in challenge_params(response.headers["www-authenticate"])
+    assert token not in response.text
+
+
+def test_token_in_header_and_query_string_is_refused(srv: DevServer) -> None:
+    token = srv.token("dev-full")
+    response = httpx.post(srv.mcp_url, params={"access_token": token}, json=LIST,
+                          headers={**LEGACY_HEADERS, "Accept": "application/json, text/event-stream",
+                                   "Authorization": f"Bearer {token}"})
     assert_invalid_token(response, srv)
 
 
