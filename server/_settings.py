@@ -41,11 +41,16 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
+def _digits(text: str) -> bool:
+    """ASCII decimal digits only: ``str.isdigit`` also admits "²" and other scripts' digits."""
+    return text.isascii() and text.isdigit()
+
+
 def _port(env: Mapping[str, str], default: int) -> int:
     raw = env.get("PORT", "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+    if not _digits(raw) or not 0 <= int(raw) <= 65535:
         raise ConfigError("PORT", f"must be a TCP port number, got {raw!r}")
     return int(raw)
 
@@ -97,6 +102,8 @@ def load_server_settings(
             uris = json.loads(env["VCAP_APPLICATION"]).get("application_uris") or []
         except (ValueError, AttributeError) as exc:
             raise ConfigError("VCAP_APPLICATION", "is not a JSON object") from exc
+        if not isinstance(uris, list):
+            raise ConfigError("VCAP_APPLICATION", "application_uris must be a list of host names")
         hosts += [u for u in uris if isinstance(u, str)]
     if is_loopback_host(host):
         hosts += [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
@@ -105,7 +112,7 @@ def load_server_settings(
     if is_loopback_host(host):
         origins += [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
     raw_body = env.get("MCP_MAX_BODY_BYTES", "").strip()
-    if raw_body and (not raw_body.isdigit() or not 1024 <= int(raw_body) <= 64 * 1024 * 1024):
+    if raw_body and (not _digits(raw_body) or not 1024 <= int(raw_body) <= 64 * 1024 * 1024):
         raise ConfigError("MCP_MAX_BODY_BYTES", f"must be a byte count between 1024 and 67108864, got {raw_body!r}")
     level = env.get("MCP_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -268,7 +275,7 @@ def _postgres_binding(raw: str) -> PostgresConfig | None:
     if text("hostname") and text("username") and text("password") is not None:
         # The separate fields first: a password with reserved characters may sit unescaped in `uri`.
         port_text = text("port") or "5432"
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not _digits(port_text) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(where, "port must be a TCP port number")
         config = PostgresConfig(
             host=text("hostname") or "",
