@@ -1,5 +1,5 @@
 """``python -m auth``: fetch a client-credentials token, or list and call tools on an MCP server."""
 
-from ._cli import main
+from .client._cli import main
 
 raise SystemExit(main())

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._errors import InvalidToken
-from ._scopes import expand_permissions
+from ._permissions import expand_permissions
 from ._settings import IssuerConfig
 from ._token import VerifiedToken
 

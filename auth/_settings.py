@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from ._errors import ConfigError
 from ._jws import SUPPORTED_ALGORITHMS
-from ._scopes import parse_permission_name
+from ._permissions import parse_permission_name
 
 __all__ = ["AuthSettings", "IssuerConfig", "Profile", "CertBinding", "load_settings", "is_loopback_url"]
 

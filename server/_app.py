@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from auth import TokenVerifier, ToolPermissions, protect
+from auth import TokenVerifier
+from auth.mcp import ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
 from ._guard import HostOriginGuard

@@ -20,12 +20,12 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
 
-from auth import AuthSettings, CertBinding, ConfigError, IssuerConfig, JWTVerifier
+from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
 
 from ._app import create_app
 from ._dev_issuer import DEV_CLIENTS_SETTING, DevClient, DevIssuer, parse_dev_clients, startup_banner
@@ -43,7 +43,11 @@ DEV_X509_APIS = ("api_read_access", "api_write_access")
 
 
 def dev_settings(
-    env: Mapping[str, str], base_url: str, issuer: DevIssuer, *, cert_binding: CertBinding = "off"
+    env: Mapping[str, str],
+    base_url: str,
+    issuer: DevIssuer,
+    *,
+    cert_binding: Literal["off", "if-bound", "required"] = "off",
 ) -> ServerSettings:
     """Settings for dev mode: trust only the embedded issuer, serve at ``base_url``."""
     resource_url = base_url + MCP_PATH

@@ -24,7 +24,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
 
-from auth import current_token, requires
+from auth import current_token
+from auth.mcp import requires
 
 from ._store import Note, NoteError, NotesStore, StoreUnavailable
 

@@ -12,16 +12,10 @@ from typing import Any
 
 import pytest
 
-from auth import (
-    InvalidToken,
-    IssuerConfig,
-    check_claims,
-    check_times,
-    expand_permissions,
-    extract_permissions,
-    match_issuer,
-)
+from auth import InvalidToken, IssuerConfig
+from auth._claims import check_claims, check_times, extract_permissions, match_issuer
 from auth._jws import parse_jwks, parse_jws, verify_signature
+from auth._permissions import expand_permissions
 
 from ._cases import (
     AUDIENCE,

@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from auth import certificate_thumbprint
-from auth._cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_REQUEST, challenge_params, parse_arguments
 from auth._errors import ConfigError
+from auth.client._cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_REQUEST, challenge_params, parse_arguments
 from tests.server.conftest import ALL_TOOLS, READ_TOOLS, DevServer, dev_server, jwt_claims
 
 pytestmark = pytest.mark.timeout(120)

@@ -37,9 +37,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from auth._client import TokenProvider
-from auth._client_auth import NeedToken, bearer_flow
-from auth._credentials import (
+from auth._errors import ConfigError
+from auth.client._credentials import (
     ClientCredentials,
     DiscoveryError,
     InvalidClient,
@@ -58,7 +57,8 @@ from auth._credentials import (
     parse_token_response,
     refresh_margin,
 )
-from auth._errors import ConfigError
+from auth.client._httpx import NeedToken, bearer_flow
+from auth.client._provider import TokenProvider
 from tests._certs import Issued, TestCA
 from tests._live import running_server
 

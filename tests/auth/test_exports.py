@@ -6,20 +6,57 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 import auth
+import auth.client
+import auth.mcp
 
 AUTH_DIR = Path(auth.__file__).parent
 APP_PACKAGES = {"server", "tools"}
+PARTS = [auth, auth.mcp, auth.client]
+"""The resource-server core, the MCP integration and the calling side: one short public API each."""
 
 
-def test_auth_exports_are_deliberate() -> None:
-    assert sorted(n for n in vars(auth) if not n.startswith("_")) == sorted(auth.__all__)
+def _public(package: ModuleType) -> list[str]:
+    """Public names of ``package``, its own sub-packages (attributes once imported) left out."""
+    return sorted(
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_")
+        and not (isinstance(value, ModuleType) and value.__name__.startswith(package.__name__ + "."))
+    )
 
 
-def test_every_exported_name_exists() -> None:
-    assert all(hasattr(auth, name) for name in auth.__all__)
-    assert len(set(auth.__all__)) == len(auth.__all__)
+@pytest.mark.parametrize("package", PARTS, ids=lambda p: p.__name__)
+def test_each_part_exports_a_deliberate_short_list(package: ModuleType) -> None:
+    assert _public(package) == sorted(package.__all__)
+    assert len(set(package.__all__)) == len(package.__all__)
+    assert 6 <= len(package.__all__) <= 17  # a surface a newcomer can hold in mind
+
+
+def test_no_name_is_exported_by_two_parts() -> None:
+    names = [name for package in PARTS for name in package.__all__]
+    assert len(names) == len(set(names))
+
+
+def test_the_tree_shows_the_parts() -> None:
+    assert (AUTH_DIR / "mcp" / "__init__.py").is_file()
+    assert (AUTH_DIR / "client" / "__init__.py").is_file()
+    assert all(p.name.startswith("_") for p in AUTH_DIR.rglob("*.py")), "implementation lives in private modules"
+
+
+def test_the_core_does_not_depend_on_the_calling_side_or_the_mcp_integration() -> None:
+    core = sorted(p for p in AUTH_DIR.glob("_*.py") if not p.name.startswith("__"))
+    offending = [
+        (path.name, module)
+        for path in core
+        for module, level in _imports(path)
+        if (level == 1 and module.split(".")[0] in ("mcp", "client")) or module.startswith(("auth.mcp", "auth.client"))
+    ]
+    assert offending == []
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:
@@ -38,13 +75,14 @@ def _imports(path: Path) -> list[tuple[str, int]]:
 
 
 def test_auth_imports_nothing_from_server_or_tools() -> None:
-    sources = sorted(AUTH_DIR.glob("*.py"))
-    assert AUTH_DIR / "_verifier.py" in sources
+    sources = sorted(AUTH_DIR.rglob("*.py"))
+    assert AUTH_DIR / "_verifier.py" in sources and AUTH_DIR / "mcp" / "_gate.py" in sources
     offending = [
-        (path.name, module, level)
+        (str(path.relative_to(AUTH_DIR)), module, level)
         for path in sources
         for module, level in _imports(path)
-        if (level == 0 and module.split(".")[0] in APP_PACKAGES) or level > 1  # level 2+ leaves the package
+        # level 2+ leaves the package from its top level; from a sub-package, level 3+ does
+        if (level == 0 and module.split(".")[0] in APP_PACKAGES) or level > len(path.relative_to(AUTH_DIR).parts)
     ]
     assert offending == []
 
@@ -57,12 +95,12 @@ def test_import_scanner_would_notice_an_app_import(tmp_path: Path) -> None:
 
 def test_importing_auth_does_not_import_fastmcp() -> None:
     """FastMCP support is optional: ``auth`` imports ``fastmcp`` only when its adapter is called."""
-    probe = "import sys, auth; assert 'fastmcp' not in sys.modules, 'fastmcp imported'"
+    probe = "import sys, auth, auth.mcp; assert 'fastmcp' not in sys.modules, 'fastmcp imported'"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
 def test_public_api_offers_the_sdk_and_fastmcp_fit() -> None:
-    assert {"protect", "ToolPermissions", "requires", "fastmcp_auth", "permission_check"} <= set(auth.__all__)
-    assert not {"REGISTRY", "PermissionRegistry", "set_permission_aliases"} & set(auth.__all__)
+    assert {"protect", "ToolPermissions", "requires", "fastmcp_auth", "permission_check"} <= set(auth.mcp.__all__)
+    assert not {"REGISTRY", "PermissionRegistry", "set_permission_aliases"} & {n for p in PARTS for n in p.__all__}
     assert callable(getattr(auth.JWTVerifier, "verify_token", None))

@@ -16,7 +16,7 @@ from fastmcp import Client, FastMCP  # the test extra; the auth package itself d
 from fastmcp.exceptions import ToolError
 
 from auth import AuthSettings
-from auth._fastmcp import fastmcp_auth, permission_check
+from auth.mcp._fastmcp import fastmcp_auth, permission_check
 from tests._idp import IdP
 from tests._live import running_server
 

@@ -37,8 +37,8 @@ from auth._binding import client_certificate, parse_forwarded_client_cert
 from auth._challenge import challenge, error_body, error_headers
 from auth._claims import check_claims, match_issuer
 from auth._jws import b64url_decode, parse_jwks, parse_jws, verify_signature
-from auth._mcp import _header_names, _parse, tool_names
 from auth._middleware import bearer_token
+from auth.mcp._gate import _header_names, _parse, tool_names
 
 from ._cases import AUDIENCE, IAS_DOMAIN, IAS_ISSUER, KEY, KID, Ctx, b64, compact, public_jwk
 

@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
-from auth import protect, requires
+from auth.mcp import protect, requires
 from tests._idp import IdP
 from tests._live import running_server
 

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-from auth import InsufficientScope, MissingToken, ToolPermissions, VerifiedToken, requires
+from auth import InsufficientScope, MissingToken, VerifiedToken
 from auth._context import bind_token, reset_token
-from auth._scopes import PERMISSIONS_ATTR, active_permissions, declared_permissions, using_permissions
+from auth.mcp import ToolPermissions, requires
+from auth.mcp._tools import PERMISSIONS_ATTR, active_permissions, declared_permissions, using_permissions
 
 WRITE = "api_write_access"
 READ = "api_read_access"

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from langchain_mcp_adapters.client import MultiServerMCPClient
 
-from auth import ClientCredentials, TokenProvider
+from auth.client import ClientCredentials, TokenProvider
 
 
 def leaves(exc: BaseException) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ from fastmcp import Client
 from fastmcp.client.auth import BearerAuth
 from mcp.shared.exceptions import MCPError
 
-from auth import ClientCredentials, TokenProvider
+from auth.client import ClientCredentials, TokenProvider
 from tests.server.conftest import DevServer
 
 from .conftest import ALL_TOOLS, READ_TOOLS, REFUSAL, leaf_errors, titles_in_store, unique

@@ -11,8 +11,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from auth import ClientCredentials, TokenProvider
-from auth._mcp import FORBIDDEN, refusal_text
+from auth.client import ClientCredentials, TokenProvider
+from auth.mcp._gate import FORBIDDEN, refusal_text
 from tests.server.conftest import DevServer, challenge_params, mcp_client, tool_call
 
 from .conftest import ALL_TOOLS, READ_TOOLS, REFUSAL, leaf_errors, titles_in_store, unique

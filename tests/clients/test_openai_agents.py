@@ -11,7 +11,7 @@ import pytest
 from agents.mcp import MCPServerStreamableHttp
 from mcp.shared.exceptions import MCPError
 
-from auth import ClientCredentials, TokenProvider
+from auth.client import ClientCredentials, TokenProvider
 from tests.server.conftest import DevServer
 
 from .conftest import ALL_TOOLS, READ_TOOLS, REFUSAL, leaf_errors, titles_in_store, unique

@@ -16,7 +16,7 @@ from datetime import datetime
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from auth._mcp import FORBIDDEN
+from auth.mcp._gate import FORBIDDEN
 
 from .conftest import (
     ALL_TOOLS,

@@ -18,7 +18,8 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
-from auth import ToolPermissions, current_token, requires
+from auth import current_token
+from auth.mcp import ToolPermissions, requires
 from server import create_app
 from server._dev_issuer import DevIssuer
 from server._main import dev_settings

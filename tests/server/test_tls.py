@@ -30,8 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from auth import ClientCredentials, JWTVerifier, TokenProvider, certificate_thumbprint
+from auth import JWTVerifier, certificate_thumbprint
 from auth._errors import ConfigError
+from auth.client import ClientCredentials, TokenProvider
 from server import create_app
 from server._dev_issuer import DevClient, DevIssuer
 from server._main import dev_jwks_client, dev_settings

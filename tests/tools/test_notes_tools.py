@@ -19,8 +19,8 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 import tools
 from auth._context import bind_token, reset_token
 from auth._errors import InsufficientScope, MissingToken
-from auth._scopes import ToolPermissions
 from auth._token import VerifiedToken
+from auth.mcp._tools import ToolPermissions
 from tools import PostgresConfig, PostgresStore, SQLiteStore
 
 READ_TOOLS = {"list_notes", "search_notes", "get_note"}

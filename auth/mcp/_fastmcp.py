@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._scopes import parse_permission_name
-from ._sdk import verify_token
-from ._settings import AuthSettings
-from ._verifier import JWTVerifier, TokenVerifier
+from .._permissions import parse_permission_name
+from .._sdk import verify_token
+from .._settings import AuthSettings
+from .._verifier import JWTVerifier, TokenVerifier
 
 if TYPE_CHECKING:
     from fastmcp.server.auth import RemoteAuthProvider

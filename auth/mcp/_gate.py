@@ -22,14 +22,14 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp as StarletteApp
 
-from ._context import optional_token
-from ._errors import InsufficientScope
-from ._metadata import metadata_routes, resource_metadata_url
-from ._middleware import SCOPE_KEY, BearerAuthMiddleware, send_auth_error
-from ._scopes import _ACTIVE, ToolPermissions
-from ._settings import AuthSettings
-from ._token import VerifiedToken
-from ._verifier import JWTVerifier, TokenVerifier
+from .._context import optional_token
+from .._errors import InsufficientScope
+from .._metadata import metadata_routes, resource_metadata_url
+from .._middleware import SCOPE_KEY, BearerAuthMiddleware, send_auth_error
+from .._settings import AuthSettings
+from .._token import VerifiedToken
+from .._verifier import JWTVerifier, TokenVerifier
+from ._tools import _ACTIVE, ToolPermissions
 
 if TYPE_CHECKING:
     from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext

@@ -1,6 +1,6 @@
 """Client side: fetch OAuth access tokens with the client-credentials grant (RFC 6749 §4.4).
 
-`TokenProvider` asks the token endpoint named by `ClientCredentials` (``auth._credentials``),
+`TokenProvider` asks the token endpoint named by `ClientCredentials` (``auth.client._credentials``),
 caches the answer per (token endpoint, client id, resource), refreshes it ahead of expiry, and
 makes concurrent callers share one request. Access tokens never appear in a ``repr``, a message
 or the log; the log carries the token endpoint, client id, resource, HTTP status and lifetime only.
@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._client_auth import Httpx2BearerAuth, HttpxBearerAuth
+from .._errors import ConfigError
+from .._settings import check_issuer_url
 from ._credentials import (
     ClientCredentials,
     DiscoveryError,
@@ -39,8 +40,7 @@ from ._credentials import (
     parse_token_response,
     token_request_form,
 )
-from ._errors import ConfigError
-from ._settings import check_issuer_url
+from ._httpx import Httpx2BearerAuth, HttpxBearerAuth
 
 __all__ = [
     "TokenProvider",

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._context import current_token
-from ._errors import InsufficientScope
+from .._context import current_token
+from .._errors import InsufficientScope
+from .._permissions import expand_permissions, missing_permissions, parse_permission_name
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -30,51 +30,16 @@ __all__ = [
     "ToolPermissions",
     "PERMISSIONS_ATTR",
     "declared_permissions",
-    "missing_permissions",
-    "expand_permissions",
-    "parse_permission_name",
     "active_permissions",
     "using_permissions",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-PERMISSIONS_ATTR = "__mcp_permissions__"
-"""The attribute `requires` sets on a tool function: a frozenset of logical permission names."""
-
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
-
 _EMPTY: frozenset[str] = frozenset()
 
-
-def parse_permission_name(name: str) -> str:
-    """Return ``name`` if it is a valid RFC 6749 §3.3 scope token.
-
-    Raises:
-        ValueError: when it is empty or has spaces, quotes, backslashes or non-ASCII.
-    """
-    if not isinstance(name, str) or not _SCOPE_TOKEN.fullmatch(name):
-        raise ValueError(f"not an RFC 6749 scope token: {name!r}")
-    return name
-
-
-def missing_permissions(granted: frozenset[str], required: frozenset[str]) -> frozenset[str]:
-    """What ``required`` asks for that ``granted`` lacks (pure)."""
-    return required - granted
-
-
-def expand_permissions(granted: Iterable[str], implies: Mapping[str, frozenset[str]]) -> frozenset[str]:
-    """Close ``granted`` under the implication rules (e.g. write implies read), transitively."""
-    result = set(granted)
-    pending = list(result)
-    while pending:
-        for implied in implies.get(pending.pop(), ()):
-            if implied not in result:
-                result.add(implied)
-                pending.append(implied)
-    return frozenset(result)
-
+PERMISSIONS_ATTR = "__mcp_permissions__"
+"""The attribute `requires` sets on a tool function: a frozenset of logical permission names."""
 
 def declared_permissions(fn: object) -> frozenset[str]:
     """The logical permissions `requires` marked ``fn`` with; empty for an unmarked function."""

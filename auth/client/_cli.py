@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from ._client import TokenProvider
+from .._errors import ConfigError
 from ._credentials import (
     ClientCredentials,
     TokenRequestError,
@@ -41,7 +41,7 @@ from ._credentials import (
     client_ssl_context,
     credentials_from_env,
 )
-from ._errors import ConfigError
+from ._provider import TokenProvider
 
 __all__ = ["main", "build_parser", "parse_arguments", "challenge_params", "EXIT_OK", "EXIT_REQUEST",
            "EXIT_CONFIG", "EXIT_REFUSED"]

@@ -3,7 +3,7 @@
 `ClientCredentials` describes a client of the client-credentials grant (RFC 6749 §4.4):
 HTTP Basic with a secret (RFC 6749 §2.3.1) or mutual TLS with an X.509 certificate
 (RFC 8705 §2, ``tls_client_auth``), as an SAP Cloud Identity Services ``identity`` binding
-provides. `auth._client.TokenProvider` does the asking.
+provides. `auth.client.TokenProvider` does the asking.
 
 Errors::
 
@@ -35,8 +35,8 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ._errors import ConfigError
-from ._settings import check_issuer_url
+from .._errors import ConfigError
+from .._settings import check_issuer_url
 
 __all__ = [
     "ClientCredentials",
