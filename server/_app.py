@@ -3,10 +3,12 @@
 Request path, outermost first::
 
     HostOriginGuard        421 foreign Host, 403 foreign Origin
-    Starlette routes       /health, RFC 9728 metadata, the dev issuer (dev mode only)
+    _Dispatch              the MCP path goes straight on; every other path to Starlette routes:
+                           /health, RFC 9728 metadata, the dev issuer (dev mode only)
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
-    MCP SDK                stateless, JSON responses (any instance can serve any request)
+    MCPEndpoint            one exchange per ASGI call, through the MCP SDK (stateless, JSON
+                           responses: any instance can serve any request)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tools import NotesStore, register
 from ._guard import HostOriginGuard
 from ._logging import audit_middleware
 from ._settings import MCP_PATH, ServerSettings
+from ._transport import MCPEndpoint
 
 __all__ = ["create_app", "build_mcp", "ServerApp"]
 
@@ -99,9 +102,8 @@ def create_app(
         ),
     )
     scopes = sorted(registry.all_permissions(settings.auth.permission_aliases))
-    gated = ToolPermissionGate(
-        _post_only(sdk_app), settings=settings.auth, registry=registry, max_body=settings.max_body_bytes
-    )
+    endpoint = MCPEndpoint(mcp.session_manager, path=MCP_PATH, fallback=sdk_app, max_body=settings.max_body_bytes)
+    gated = ToolPermissionGate(endpoint, settings=settings.auth, registry=registry, max_body=settings.max_body_bytes)
     protected = BearerAuthMiddleware(
         gated, verifier=token_verifier, settings=settings.auth, protect=[MCP_PATH], scopes=scopes
     )
@@ -123,32 +125,31 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         *metadata_routes(settings.auth, scopes),
         *(extra_routes or []),
-        Mount("/", app=protected),
+        Mount("/", app=protected),  # /mcp/... and unknown paths: as the MCP endpoint's neighbours
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
+    dispatch = _Dispatch(MCP_PATH, protected, app)
+    guard = HostOriginGuard(dispatch, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     return ServerApp(guard, mcp=mcp, store=store)
 
 
-def _post_only(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Answer GET and DELETE on the MCP endpoint with 405.
+class _Dispatch:
+    """Send the MCP path straight to its stack, everything else (and the lifespan) through Starlette.
 
-    Stateless serving has no stream to resume and no session to end; the transport
-    specification allows 405 for both, and clients then stop reconnecting (the SDK's GET
-    stream in stateless mode is dropped at once, which sends mcp-remote into a loop).
+    Starlette's router tries each route's pattern in turn; the one path that carries the load
+    needs none of that.
     """
 
-    async def post_only(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "DELETE"):
-            body = b'{"error":"method_not_allowed"}'
-            await send({"type": "http.response.start", "status": 405, "headers": [
-                (b"allow", b"POST"), (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await app(scope, receive, send)
+    def __init__(self, path: str, mcp_app: Callable[..., Awaitable[None]], other: Callable[..., Awaitable[None]]):
+        self._path = path
+        self._mcp_app = mcp_app
+        self._other = other
 
-    return post_only
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "http" and scope["path"] == self._path:
+            await self._mcp_app(scope, receive, send)
+        else:
+            await self._other(scope, receive, send)
 
 
 class ServerApp:
