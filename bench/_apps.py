@@ -5,7 +5,9 @@
   the filtered lists and the JSON audit line (written to /dev/null, formatted for real).
 - ``noauth``: the same stack with a constant principal: every bearer token "verifies" to one
   fixed `VerifiedToken`, so the difference to ``ours`` is what token verification costs.
-- ``sdk``: the bare ``mcp`` SDK `MCPServer`, stateless JSON responses, no auth, one tool.
+- ``sdk``: the bare ``mcp`` SDK `MCPServer`, stateless JSON responses, no auth, one tool: a
+  ``whoami`` with this project's result type and a constant principal (the tools' own work is
+  the same on both sides, so the ratio is the serving path's).
 - ``floor``: a bare ASGI app that reads and parses the JSON-RPC request and answers the same
   kind of result: the least any Python MCP server on this HTTP server can do per call.
 
@@ -20,6 +22,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from tools.notes import Identity
 
 RESULT_TEXT = '{"client_id":"anonymous"}'
 
@@ -81,15 +85,21 @@ def noauth() -> Any:
 
 
 def sdk() -> Any:
-    """The MCP SDK alone: stateless JSON, no auth, one trivial tool (the peer)."""
+    """The MCP SDK alone: stateless JSON, no auth, a whoami like ours (the peer)."""
+    from datetime import UTC, datetime
+
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
 
     mcp = MCPServer("bare", log_level="WARNING")
+    expires = int(datetime.now(UTC).timestamp()) + 3600
 
     @mcp.tool()
-    async def whoami() -> dict[str, str]:
-        return {"client_id": "anonymous"}
+    async def whoami() -> Identity:
+        """Describe the caller (a constant principal: there is no auth here)."""
+        return Identity(client_id="anonymous", subject="anonymous", tenant=None,
+                        permissions=["api_read_access", "api_write_access"],
+                        expires_at=datetime.fromtimestamp(expires, UTC).isoformat())
 
     return mcp.streamable_http_app(
         json_response=True,
