@@ -10,7 +10,9 @@ and result shaping stay the SDK's. Everything else (notifications, responses, ba
 JSON, wrong headers, other paths) is handed to the SDK's own session manager unchanged, with
 the body replayed, so every error answer is exactly the SDK's.
 
-The body is read once, capped at ``max_body`` (413 beyond it), whatever layer read it first.
+The body is read once, capped at ``max_body`` (413 beyond it). A layer in front that already
+read it (the tool gate) may leave it in the scope as ``BODY_KEY`` (bytes) and its JSON as
+``MESSAGE_KEY``; the endpoint then neither reads nor parses it again.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
 
-__all__ = ["MCPEndpoint", "read_body", "BodyTooLarge"]
+__all__ = ["MCPEndpoint", "read_body", "BodyTooLarge", "BODY_KEY", "MESSAGE_KEY"]
 
 log = logging.getLogger("server")
 
@@ -41,6 +43,11 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+BODY_KEY = "mcp.body"
+"""Scope key of the request body, for a layer in front that has read it (bytes, within the cap)."""
+MESSAGE_KEY = "mcp.message"
+"""Scope key of the body's JSON (as ``json.loads`` gives it) when that layer parsed it; absent if not JSON."""
 
 
 class BodyTooLarge(Exception):
@@ -124,11 +131,13 @@ class MCPEndpoint:
             else:
                 await self._fallback(scope, receive, send)
             return
-        try:
-            body = await read_body(scope, receive, self._max_body)
-        except BodyTooLarge:
-            await _reply(send, 413, b'{"error":"request_too_large"}')
-            return
+        body = scope.get(BODY_KEY)
+        if body is None:
+            try:
+                body = await read_body(scope, receive, self._max_body)
+            except BodyTooLarge:
+                await _reply(send, 413, b'{"error":"request_too_large"}')
+                return
         version = content_type = None
         accept = ""
         for key, value in scope["headers"]:
@@ -151,7 +160,7 @@ class MCPEndpoint:
             and content_type.lower().startswith(b"application/json")
             and check_accept_headers(_Headers(accept))[0]  # type: ignore[arg-type]
         ):
-            request = _single_request(body)
+            request = _single_request(body, scope.get(MESSAGE_KEY, _UNPARSED))
         if request is None:
             await self._manager.handle_request(scope, replay, send)  # the SDK answers as it always does
             return
@@ -182,10 +191,14 @@ class MCPEndpoint:
         return self._manager._lifespan_state  # noqa: SLF001
 
 
-def _single_request(body: bytes) -> JSONRPCRequest | None:
+_UNPARSED = object()
+
+
+def _single_request(body: bytes, parsed: object = _UNPARSED) -> JSONRPCRequest | None:
     """The body as one JSON-RPC request, or None for anything else (left to the SDK to answer)."""
     try:
-        message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
+        decoded = pydantic_core.from_json(body) if parsed is _UNPARSED else parsed
+        message = jsonrpc_message_adapter.validate_python(decoded, by_name=False)
     except (ValueError, ValidationError, RecursionError):
         return None
     return message if isinstance(message, JSONRPCRequest) else None

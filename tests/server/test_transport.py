@@ -217,3 +217,62 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) ->
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert b'"client_id":"dev-read"' in answer.replace(b'\\"', b'"').replace(b": ", b":")
         assert process.proc.wait(15) == 0, process.output()
+
+
+@contextlib.contextmanager
+def bare_endpoint(front: Any = None) -> Iterator[str]:
+    """An `MCPEndpoint` over a one-tool `MCPServer`, optionally behind ``front``; yields the /mcp URL."""
+    from server._transport import MCPEndpoint
+
+    mcp = MCPServer("t", log_level="WARNING")
+
+    @mcp.tool()
+    async def echo(text: str) -> str:
+        """Return the text."""
+        return text
+
+    sdk_app = mcp.streamable_http_app(json_response=True, stateless_http=True)
+    endpoint = MCPEndpoint(mcp.session_manager, path="/mcp", fallback=sdk_app, max_body=4096)
+    inner = front(endpoint) if front is not None else endpoint
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await sdk_app(scope, receive, send)  # runs the session manager
+        else:
+            await inner(scope, receive, send)
+
+    with running_server(app, lifespan="on") as base_url:
+        yield base_url + "/mcp"
+
+
+def test_endpoint_uses_the_body_and_json_a_front_layer_left_in_the_scope() -> None:
+    from server._transport import BODY_KEY, MESSAGE_KEY, read_body
+
+    def front(endpoint: Any) -> Any:
+        async def reads_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            body = await read_body(scope, receive, 4096)
+            message = json.loads(body)
+            message["id"] = 42  # what the endpoint answers shows which parse it used
+            scope[BODY_KEY], scope[MESSAGE_KEY] = body, message
+
+            async def drained() -> dict[str, Any]:
+                return {"type": "http.disconnect"}
+
+            await endpoint(scope, drained, send)
+
+        return reads_first
+
+    with bare_endpoint(front) as url:
+        call = tool_call("echo", {"text": "hi"}, modern=False, id=1)
+        response = httpx.post(url, json=call, headers={**JSON_HEADERS, **LEGACY_HEADERS}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == 42
+    assert response.json()["result"]["content"][0]["text"] == "hi"
+
+
+def test_endpoint_validates_arguments_through_the_sdk() -> None:
+    with bare_endpoint() as url:
+        call = tool_call("echo", {"text": 5}, modern=False)
+        response = httpx.post(url, json=call, headers={**JSON_HEADERS, **LEGACY_HEADERS}, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["result"]["isError"] is True
