@@ -23,8 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tools.notes import Identity
-
 RESULT_TEXT = '{"client_id":"anonymous"}'
 
 
@@ -91,15 +89,19 @@ def sdk() -> Any:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.transport_security import TransportSecuritySettings
 
+    from tools.notes import Identity
+
     mcp = MCPServer("bare", log_level="WARNING")
     expires = int(datetime.now(UTC).timestamp()) + 3600
 
-    @mcp.tool()
-    async def whoami() -> Identity:
+    async def whoami() -> Any:
         """Describe the caller (a constant principal: there is no auth here)."""
         return Identity(client_id="anonymous", subject="anonymous", tenant=None,
                         permissions=["api_read_access", "api_write_access"],
                         expires_at=datetime.fromtimestamp(expires, UTC).isoformat())
+
+    whoami.__annotations__["return"] = Identity  # the result type, resolved here (not at module import)
+    mcp.tool()(whoami)
 
     return mcp.streamable_http_app(
         json_response=True,

@@ -8,7 +8,10 @@ through the SDK's single-exchange driver ``serve_one`` instead, with the same bo
 ``Connection`` the SDK's stateless path builds: tool dispatch, input validation, middleware
 and result shaping stay the SDK's. Everything else (notifications, responses, batches, bad
 JSON, wrong headers, other paths) is handed to the SDK's own session manager unchanged, with
-the body replayed, so every error answer is exactly the SDK's.
+the body replayed, so every error answer is exactly the SDK's. One deliberate difference: an
+unexpected exception outside the tools (tool failures are already ``isError`` results) is
+answered with the SDK's modern mapping, a generic ``INTERNAL_ERROR`` with the details only in
+the log, where the SDK's 2025 dispatcher would send ``code 0`` and the exception's text.
 
 The body is read once, capped at ``max_body`` (413 beyond it). A layer in front that already
 read it (the tool gate) may leave it in the scope as ``BODY_KEY`` (bytes) and its JSON as
