@@ -3,11 +3,12 @@
 Request path, outermost first::
 
     HostOriginGuard        421 foreign Host, 403 foreign Origin
-    auth.protect(...):
-    Starlette routes       /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
+    auth.protect(...):     the MCP path goes straight on; every other path to Starlette routes:
+                           /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
-    MCP SDK                stateless, JSON responses (any instance can serve any request)
+    MCPEndpoint            one exchange per ASGI call, through the MCP SDK (stateless, JSON
+                           responses: any instance can serve any request)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tools import NotesStore, Readiness, open_store, register
 from ._guard import HostOriginGuard
 from ._logging import audit_middleware
 from ._settings import MCP_PATH, ServerSettings
+from ._transport import MCPEndpoint
 
 __all__ = ["create_app", "build_mcp", "ServerApp"]
 
@@ -96,6 +98,7 @@ def create_app(
             allowed_origins=list(settings.allowed_origins),
         ),
     )
+    endpoint = MCPEndpoint(mcp.session_manager, path=MCP_PATH, fallback=sdk_app, max_body=settings.max_body_bytes)
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -122,7 +125,7 @@ def create_app(
         settings.auth,
         permissions,
         verifier=verifier,
-        app=_post_only(sdk_app),
+        app=endpoint,
         path=MCP_PATH,
         routes=[Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
                 *(extra_routes or [])],
@@ -132,27 +135,6 @@ def create_app(
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address
     return ServerApp(guard, mcp=mcp, store=store)
-
-
-def _post_only(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Answer GET and DELETE on the MCP endpoint with 405.
-
-    Stateless serving has no stream to resume and no session to end; the transport
-    specification allows 405 for both, and clients then stop reconnecting (the SDK's GET
-    stream in stateless mode is dropped at once, which sends mcp-remote into a loop).
-    """
-
-    async def post_only(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "DELETE"):
-            body = b'{"error":"method_not_allowed"}'
-            await send({"type": "http.response.start", "status": 405, "headers": [
-                (b"allow", b"POST"), (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await app(scope, receive, send)
-
-    return post_only
 
 
 class ServerApp:

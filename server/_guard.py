@@ -32,8 +32,9 @@ class HostOriginGuard:
         exempt: Iterable[str] = ("/health",),
     ) -> None:
         self.app = app
-        self._hosts = frozenset(h.lower() for h in allowed_hosts)
-        self._origins = frozenset(o.lower() for o in allowed_origins)
+        self._hosts = frozenset(h.lower().encode() for h in allowed_hosts)
+        self._any_host = b"*" in self._hosts
+        self._origins = frozenset(o.lower().encode() for o in allowed_origins)
         self._exempt = frozenset(exempt)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -43,10 +44,10 @@ class HostOriginGuard:
         host = origin = None
         for key, value in scope["headers"]:
             if key == b"host":
-                host = value.decode("latin-1").lower()
+                host = value.lower()
             elif key == b"origin":
-                origin = value.decode("latin-1").lower()
-        if "*" not in self._hosts and host not in self._hosts:
+                origin = value.lower()
+        if not self._any_host and host not in self._hosts:
             await _reply(send, 421, b'{"error":"misdirected_request","error_description":"Host not served here"}')
             return
         if origin is not None and origin not in self._origins:

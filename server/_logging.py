@@ -1,33 +1,49 @@
 """JSON logs, one object per line, and the per-tool-call audit line.
 
 The audit line carries client id, tool, decision and duration; never a token, secret or
-argument value (arguments may hold personal data).
+argument value (arguments may hold personal data). It is written on every tool call, so it
+costs a few microseconds: the record is built from a template instead of through
+``Logger.info`` (no caller lookup, no per-record process/thread discovery) and the formatter
+reuses one encoder and the timestamp of the current second.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from mcp.shared.exceptions import MCPError
 
 from auth import AuthError, optional_token
 
-__all__ = ["JsonFormatter", "configure_logging", "audit_middleware"]
+__all__ = ["JsonFormatter", "configure_logging", "audit_middleware", "write_audit"]
 
 audit = logging.getLogger("audit")
+
+_STARTED = time.time()
 
 
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object; ``extra={"audit": {...}}`` fields are merged in."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._encode = json.JSONEncoder(default=str).encode
+        self._second = -1
+        self._stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # one strftime per second, not per line
+            self._stamp, self._second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -37,7 +53,35 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encode(entry)
+
+
+_template: dict[str, Any] = {}
+
+
+def write_audit(msg: str, fields: Mapping[str, Any], logger: logging.Logger = audit) -> None:
+    """Log one INFO record on ``logger`` carrying ``fields`` as ``record.audit``.
+
+    Equivalent to ``logger.info(msg, extra={"audit": fields})`` for every handler and
+    formatter, at a fraction of the cost: the record's constant attributes are copied from a
+    template made once.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    if not _template:
+        _template.update(vars(logger.makeRecord(logger.name, logging.INFO, __file__, 0, msg, None, None,
+                                                func="write_audit")))
+    now = time.time_ns()
+    created = now / 1e9
+    attrs = dict(_template)
+    attrs.update(
+        name=logger.name, msg=msg, created=created, msecs=(now % 1_000_000_000) // 1_000_000 + 0.0,
+        relativeCreated=(created - _STARTED) * 1000, thread=threading.get_ident(),
+        threadName=threading.current_thread().name, process=os.getpid(), audit=dict(fields),
+    )
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(attrs)
+    logger.handle(record)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -75,14 +119,11 @@ def audit_middleware(clock: Callable[[], float] = time.perf_counter) -> Callable
             decision = "rejected"
             raise
         finally:
-            audit.info(
-                "tool call",
-                extra={"audit": {
-                    "client_id": token.client_id if token else None,
-                    "tool": tool,
-                    "decision": decision,
-                    "duration_ms": round((clock() - started) * 1000, 2),
-                }},
-            )
+            write_audit("tool call", {
+                "client_id": token.client_id if token else None,
+                "tool": tool,
+                "decision": decision,
+                "duration_ms": round((clock() - started) * 1000, 2),
+            })
 
     return middleware

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
 __all__ = [
+    "ProtectedApp",
     "ToolPermissionGate",
     "filter_tools_middleware",
     "protect",
@@ -153,6 +154,11 @@ class ToolPermissionGate:
             exc.description = refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
+        # Hand the body and its JSON on (the server's endpoint reads them from the scope instead of
+        # reading and parsing again); the replay serves any app that reads the body itself.
+        scope[BODY_KEY] = body
+        if message is not None:
+            scope[MESSAGE_KEY] = message
         await self.app(scope, _replay(body, receive), send)
 
     async def _read_body(self, scope: dict[str, Any], receive: Receive) -> bytes:
@@ -171,6 +177,11 @@ class ToolPermissionGate:
                 break
         return bytes(chunks)
 
+
+BODY_KEY = "mcp.body"
+"""ASGI scope key under which the gate leaves the request body it read (bytes, within the cap)."""
+MESSAGE_KEY = "mcp.message"
+"""ASGI scope key of the body's parsed JSON-RPC message; absent when the body is not JSON (or is ``null``)."""
 
 FORBIDDEN = -32003
 """JSON-RPC error code of a refused tool call (server-defined range, JSON-RPC 2.0 §5.1)."""
@@ -293,7 +304,7 @@ def protect(
     routes: Sequence[BaseRoute] = (),
     max_body: int = 1024 * 1024,
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
-) -> Starlette:
+) -> ProtectedApp:
     """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
 
     The result serves the RFC 9728 metadata (path and root form), any extra open ``routes``, and
@@ -335,7 +346,28 @@ def protect(
                 if owned and isinstance(token_verifier, JWTVerifier):
                     await token_verifier.aclose()
 
-    return Starlette(
+    others = Starlette(
         routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=cast(StarletteApp, guarded))],
         lifespan=app_lifespan,
     )
+    return ProtectedApp(path, guarded, others)
+
+
+class ProtectedApp:
+    """What `protect` returns: the MCP path goes straight to its guarded stack; every other path,
+    and the lifespan, through a Starlette router (``.router``).
+
+    The one path that carries the load needs none of the router's pattern matching.
+    """
+
+    def __init__(self, path: str, endpoint: ASGIApp, router: Starlette) -> None:
+        self.path = path
+        self.endpoint = endpoint
+        self.router = router
+        self._route = cast(ASGIApp, router)  # Starlette types send's message as a MutableMapping
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            await self.endpoint(scope, receive, send)
+        else:
+            await self._route(scope, receive, send)

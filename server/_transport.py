@@ -1,0 +1,225 @@
+"""The MCP endpoint: stateless streamable HTTP with JSON responses, one exchange per ASGI call.
+
+The SDK already serves a 2026-07-28 request inside the ASGI task (``handle_modern_request``).
+For a 2025-11-25 request in stateless mode it builds a transport, two memory-stream pairs and
+a server task per request, only to carry one JSON-RPC request in and one response out. Here a
+plain 2025 request (POST, JSON content type, accepting JSON, a single JSON-RPC request) goes
+through the SDK's single-exchange driver ``serve_one`` instead, with the same born-ready
+``Connection`` the SDK's stateless path builds: tool dispatch, input validation, middleware
+and result shaping stay the SDK's. Everything else (notifications, responses, batches, bad
+JSON, wrong headers, other paths) is handed to the SDK's own session manager unchanged, with
+the body replayed, so every error answer is exactly the SDK's. One deliberate difference: an
+unexpected exception outside the tools (tool failures are already ``isError`` results) is
+answered with the SDK's modern mapping, a generic ``INTERNAL_ERROR`` with the details only in
+the log, where the SDK's 2025 dispatcher would send ``code 0`` and the exception's text.
+
+The body is read once, capped at ``max_body`` (413 beyond it). A layer in front that already
+read it (the tool gate) may leave it in the scope as ``BODY_KEY`` (bytes) and its JSON as
+``MESSAGE_KEY``; the endpoint then neither reads nor parses it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pydantic_core
+from mcp.server._streamable_http_modern import _SingleExchangeDispatchContext, handle_modern_request
+from mcp.server.connection import Connection
+from mcp.server.runner import modern_error_data, serve_one
+from mcp.server.streamable_http import check_accept_headers
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types import DEFAULT_NEGOTIATED_VERSION, JSONRPCError, JSONRPCRequest, JSONRPCResponse, jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+from starlette.requests import Request
+
+__all__ = ["MCPEndpoint", "read_body", "BodyTooLarge", "BODY_KEY", "MESSAGE_KEY"]
+
+log = logging.getLogger("server")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+BODY_KEY = "mcp.body"
+"""Scope key of the request body, for a layer in front that has read it (bytes, within the cap)."""
+MESSAGE_KEY = "mcp.message"
+"""Scope key of the body's JSON (as ``json.loads`` gives it) when that layer parsed it; absent if not JSON."""
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the cap."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (declared or received)."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge
+    message = await receive()
+    body = message.get("body", b"") if message["type"] == "http.request" else b""
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    chunks = bytearray(body)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks += message.get("body", b"")
+        if len(chunks) > limit:
+            raise BodyTooLarge
+        if not message.get("more_body", False):
+            break
+    return bytes(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields ``body`` once, then whatever the server sends next (a disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> dict[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+class _Headers:
+    """Just enough of a Starlette ``Request`` for the SDK's ``check_accept_headers``."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, accept: str) -> None:
+        self.headers = {"accept": accept}
+
+
+class MCPEndpoint:
+    """ASGI app for the MCP path, in front of the SDK's stateless JSON session manager.
+
+    Args:
+        manager: the SDK's session manager (``json_response=True, stateless=True``), running.
+        path: the MCP endpoint's path; other paths go to ``fallback``.
+        fallback: the SDK's own ASGI app (its Starlette routing), for everything unusual.
+        max_body: request body cap in bytes.
+    """
+
+    def __init__(
+        self,
+        manager: StreamableHTTPSessionManager,
+        *,
+        path: str,
+        fallback: Callable[[Scope, Receive, Send], Awaitable[None]],
+        max_body: int,
+    ) -> None:
+        if not (manager.stateless and manager.json_response):
+            raise ValueError("MCPEndpoint serves stateless JSON responses only")
+        self._manager = manager
+        self._server = manager.app
+        self._path = path
+        self._fallback = fallback
+        self._max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method")
+        if scope["type"] != "http" or scope["path"] != self._path or method != "POST":
+            if scope["type"] == "http" and method in ("GET", "DELETE"):
+                await _method_not_allowed(send)
+            else:
+                await self._fallback(scope, receive, send)
+            return
+        body = scope.get(BODY_KEY)
+        if body is None:
+            try:
+                body = await read_body(scope, receive, self._max_body)
+            except BodyTooLarge:
+                await _reply(send, 413, b'{"error":"request_too_large"}')
+                return
+        version = content_type = None
+        accept = ""
+        for key, value in scope["headers"]:
+            if key == b"mcp-protocol-version":
+                version = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value
+            elif key == b"accept":
+                accept = value.decode("latin-1")
+        replay = _replay(body, receive)
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            # 2026-07-28 and unknown versions: the SDK's single-exchange entry, in this task.
+            await handle_modern_request(
+                self._server, self._manager.security_settings, True, self._lifespan_state(), scope, replay, send
+            )
+            return
+        request = None
+        if (
+            content_type is not None
+            and content_type.lower().startswith(b"application/json")
+            and check_accept_headers(_Headers(accept))[0]  # type: ignore[arg-type]
+        ):
+            request = _single_request(body, scope.get(MESSAGE_KEY, _UNPARSED))
+        if request is None:
+            await self._manager.handle_request(scope, replay, send)  # the SDK answers as it always does
+            return
+        await self._serve(request, version or DEFAULT_NEGOTIATED_VERSION, scope, replay, send)
+
+    async def _serve(self, req: JSONRPCRequest, version: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one 2025-era request as the SDK's stateless transport would, without the transport."""
+        request = Request(scope, receive)
+        dctx = _SingleExchangeDispatchContext(  # no sink: JSON responses carry no notifications
+            transport=TransportContext(kind="streamable-http", can_send_request=False),
+            request_id=req.id,
+            message_metadata=ServerMessageMetadata(request_context=request, can_send_request=False),
+        )
+        connection = Connection.from_envelope(version, None, None)
+        try:
+            result = await serve_one(
+                self._server, dctx, req.method, req.params, connection=connection,
+                lifespan_state=self._lifespan_state(),
+            )
+            message: JSONRPCResponse | JSONRPCError = JSONRPCResponse(jsonrpc="2.0", id=req.id, result=result)
+        except Exception as exc:  # the SDK's mapping; an unexpected error is logged, its text not sent
+            message = JSONRPCError(jsonrpc="2.0", id=req.id, error=modern_error_data(exc))
+        await _reply(send, 200, message.model_dump_json(by_alias=True, exclude_unset=True).encode())
+
+    def _lifespan_state(self) -> Any:
+        if self._manager._task_group is None:  # noqa: SLF001 (the SDK keeps no public handle)
+            raise RuntimeError("the session manager is not running (the app's lifespan did not start)")
+        return self._manager._lifespan_state  # noqa: SLF001
+
+
+_UNPARSED = object()
+
+
+def _single_request(body: bytes, parsed: object = _UNPARSED) -> JSONRPCRequest | None:
+    """The body as one JSON-RPC request, or None for anything else (left to the SDK to answer)."""
+    try:
+        decoded = pydantic_core.from_json(body) if parsed is _UNPARSED else parsed
+        message = jsonrpc_message_adapter.validate_python(decoded, by_name=False)
+    except (ValueError, ValidationError, RecursionError):
+        return None
+    return message if isinstance(message, JSONRPCRequest) else None
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _method_not_allowed(send: Send) -> None:
+    """GET and DELETE get 405: stateless serving has no stream to resume and no session to end.
+
+    The transport specification allows 405 for both, and clients then stop reconnecting (the
+    SDK's GET stream in stateless mode is dropped at once, which sends mcp-remote into a loop).
+    """
+    body = b'{"error":"method_not_allowed"}'
+    await send({"type": "http.response.start", "status": 405, "headers": [
+        (b"allow", b"POST"), *_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

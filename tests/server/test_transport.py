@@ -1,0 +1,278 @@
+"""The MCP endpoint (server/_transport.py): one exchange per ASGI call, the SDK's answers kept.
+
+A plain 2025-11-25 request is served through the SDK's single-exchange driver in the ASGI
+task; anything unusual goes to the SDK's own stateless transport and gets its usual answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp.server.mcpserver import MCPServer
+
+from auth import requires
+from tests._live import running_server
+
+from .conftest import JSON_HEADERS, LEGACY_HEADERS, DevServer, build_dev_app, modern_headers, tool_call
+from .test_dev_mode import dev_processes
+
+pytestmark = pytest.mark.timeout(60)
+
+READ = "api_read_access"
+
+
+def add_probe_tools(mcp: MCPServer) -> None:
+    @mcp.tool()
+    @requires(READ)
+    async def task_probe() -> dict[str, int]:
+        """The id of the asyncio task serving this call."""
+        task = asyncio.current_task()
+        return {"task": id(task) if task is not None else 0}
+
+    @mcp.tool()
+    @requires(READ)
+    async def explode() -> str:
+        """Fails with an unexpected error whose text must not reach the client."""
+        raise RuntimeError("internal detail 5e1c")
+
+
+@contextlib.contextmanager
+def probed_server(tmp_path: Path) -> Iterator[tuple[DevServer, list[int]]]:
+    """A dev server whose outermost ASGI layer records the task of every HTTP request."""
+    seen: list[int] = []
+    built: list[DevServer] = []
+
+    def factory(base_url: str) -> Any:
+        built.append(build_dev_app(base_url, tmp_path / "notes.db", customize=add_probe_tools))
+        inner = built[0].app
+
+        async def recording(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                task = asyncio.current_task()
+                seen.append(id(task) if task is not None else 0)
+            await inner(scope, receive, send)
+
+        return recording
+
+    with running_server(factory=factory, lifespan="on"):
+        yield built[0], seen
+
+
+@pytest.fixture
+def probed(tmp_path: Path, isolated_registry: None) -> Iterator[tuple[DevServer, list[int]]]:
+    with probed_server(tmp_path) as pair:
+        yield pair
+
+
+@pytest.mark.parametrize("modern", [False, True])
+def test_tool_call_runs_in_the_asgi_task_of_its_request(probed: tuple[DevServer, list[int]], modern: bool) -> None:
+    srv, seen = probed
+    headers = modern_headers("task_probe") if modern else LEGACY_HEADERS
+    token = srv.token("dev-read")
+    assert srv.rpc(token, tool_call("whoami", {}, modern=False), LEGACY_HEADERS).status_code == 200  # keys fetched
+    seen.clear()
+    response = srv.rpc(token, tool_call("task_probe", {}, modern=modern), headers)
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert result["isError"] is False
+    assert [result["structuredContent"]["task"]] == seen
+
+
+def test_legacy_call_answers_json_without_a_session(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), tool_call("whoami", {}, modern=False, id="abc"), LEGACY_HEADERS)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert "mcp-session-id" not in response.headers
+    body = response.json()
+    assert body["id"] == "abc" and body["jsonrpc"] == "2.0"
+    assert body["result"]["structuredContent"]["client_id"] == "dev-read"
+
+
+def test_legacy_initialize_is_answered_statelessly(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    response = srv.rpc(srv.token("dev-read"), init)
+    assert response.status_code == 200
+    assert response.json()["result"]["protocolVersion"] == "2025-11-25"
+    assert "mcp-session-id" not in response.headers
+
+
+def test_failing_tool_becomes_an_error_result_for_its_request(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), tool_call("explode", {}, modern=False, id=9), LEGACY_HEADERS)
+    assert response.status_code == 200
+    assert response.json()["id"] == 9 and response.json()["result"]["isError"] is True
+
+
+def test_unknown_method_gets_the_sdks_method_not_found(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), {"jsonrpc": "2.0", "id": 7, "method": "no/such"}, LEGACY_HEADERS)
+    assert response.status_code == 200
+    assert response.json()["error"]["code"] == -32601 and response.json()["id"] == 7
+
+
+def test_invalid_tool_arguments_get_an_error_not_a_crash(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), tool_call("get_note", {"note_id": "not a number"}, modern=False),
+                       LEGACY_HEADERS)
+    assert response.status_code == 200
+    body = response.json()
+    assert body.get("error") or body["result"]["isError"] is True
+
+
+def test_notification_is_accepted_with_202(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                       LEGACY_HEADERS)
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(("raw", "code"), [(b"{not json", -32700), (b'{"jsonrpc":"2.0","id":1}', -32602)])
+def test_bad_body_gets_the_sdks_400(probed: tuple[DevServer, list[int]], raw: bytes, code: int) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), None, LEGACY_HEADERS, raw=raw)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+
+
+def test_json_rpc_batch_is_not_served_as_one_call(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    batch = [tool_call("whoami", {}, modern=False, id=1), tool_call("whoami", {}, modern=False, id=2)]
+    response = srv.rpc(srv.token("dev-read"), batch, LEGACY_HEADERS)
+    assert response.status_code == 400
+
+
+def test_not_accepting_json_gets_406(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), tool_call("whoami", {}, modern=False),
+                       {**LEGACY_HEADERS, "Accept": "text/event-stream"})
+    assert response.status_code == 406
+
+
+def test_wrong_content_type_gets_400(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), tool_call("whoami", {}, modern=False),
+                       {**LEGACY_HEADERS, "Content-Type": "text/plain"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("modern", [False, True])
+def test_body_over_the_cap_gets_413(probed: tuple[DevServer, list[int]], modern: bool) -> None:
+    srv, _ = probed
+    padding = "x" * (srv.settings.max_body_bytes + 10)
+    headers = modern_headers("whoami") if modern else LEGACY_HEADERS
+    response = srv.rpc(srv.token("dev-read"), tool_call("whoami", {"pad": padding}, modern=modern), headers)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_get_and_delete_get_405_with_allow_post(probed: tuple[DevServer, list[int]], method: str) -> None:
+    srv, _ = probed
+    response = httpx.request(method, srv.mcp_url, headers={**JSON_HEADERS,
+                             "Authorization": f"Bearer {srv.token('dev-read')}"}, timeout=10)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+def test_unknown_protocol_version_gets_the_sdks_rejection(probed: tuple[DevServer, list[int]]) -> None:
+    srv, _ = probed
+    response = srv.rpc(srv.token("dev-read"), tool_call("whoami", {}, modern=False),
+                       {"MCP-Protocol-Version": "1999-01-01"})
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) -> None:
+    with dev_processes(tmp_path) as (process,):
+        token = process.token("dev-read", "dev-read-secret")
+        body = json.dumps(tool_call("whoami", {}, modern=False)).encode()
+        port = int(process.base_url.rsplit(":", 1)[1])
+        head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(head + body[:10])  # the request is in flight: its body is not complete
+            time.sleep(0.3)
+            process.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert process.proc.poll() is None  # still draining
+            sock.sendall(body[10:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b'"client_id":"dev-read"' in answer.replace(b'\\"', b'"').replace(b": ", b":")
+        assert process.proc.wait(15) == 0, process.output()
+
+
+@contextlib.contextmanager
+def bare_endpoint(front: Any = None) -> Iterator[str]:
+    """An `MCPEndpoint` over a one-tool `MCPServer`, optionally behind ``front``; yields the /mcp URL."""
+    from server._transport import MCPEndpoint
+
+    mcp = MCPServer("t", log_level="WARNING")
+
+    @mcp.tool()
+    async def echo(text: str) -> str:
+        """Return the text."""
+        return text
+
+    sdk_app = mcp.streamable_http_app(json_response=True, stateless_http=True)
+    endpoint = MCPEndpoint(mcp.session_manager, path="/mcp", fallback=sdk_app, max_body=4096)
+    inner = front(endpoint) if front is not None else endpoint
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await sdk_app(scope, receive, send)  # runs the session manager
+        else:
+            await inner(scope, receive, send)
+
+    with running_server(app, lifespan="on") as base_url:
+        yield base_url + "/mcp"
+
+
+def test_endpoint_uses_the_body_and_json_a_front_layer_left_in_the_scope() -> None:
+    from server._transport import BODY_KEY, MESSAGE_KEY, read_body
+
+    def front(endpoint: Any) -> Any:
+        async def reads_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            body = await read_body(scope, receive, 4096)
+            message = json.loads(body)
+            message["id"] = 42  # what the endpoint answers shows which parse it used
+            scope[BODY_KEY], scope[MESSAGE_KEY] = body, message
+
+            async def drained() -> dict[str, Any]:
+                return {"type": "http.disconnect"}
+
+            await endpoint(scope, drained, send)
+
+        return reads_first
+
+    with bare_endpoint(front) as url:
+        call = tool_call("echo", {"text": "hi"}, modern=False, id=1)
+        response = httpx.post(url, json=call, headers={**JSON_HEADERS, **LEGACY_HEADERS}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == 42
+    assert response.json()["result"]["content"][0]["text"] == "hi"
+
+
+def test_endpoint_validates_arguments_through_the_sdk() -> None:
+    with bare_endpoint() as url:
+        call = tool_call("echo", {"text": 5}, modern=False)
+        response = httpx.post(url, json=call, headers={**JSON_HEADERS, **LEGACY_HEADERS}, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["result"]["isError"] is True
