@@ -34,7 +34,7 @@ def leaf_errors(exc: BaseException) -> list[BaseException]:
 
 
 def titles_in_store(srv: DevServer, marker: str) -> list[str]:
-    return [n.title for n in srv.app.store.search(marker, limit=100)]
+    return [n.title for n in srv.app.store.sync.search(marker, limit=100)]
 
 
 @pytest.fixture(scope="module")

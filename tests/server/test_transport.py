@@ -20,7 +20,7 @@ import httpx
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-from auth import requires
+from auth.mcp import requires
 from tests._live import running_server
 
 from .conftest import JSON_HEADERS, LEGACY_HEADERS, DevServer, build_dev_app, modern_headers, tool_call
@@ -69,7 +69,7 @@ def probed_server(tmp_path: Path) -> Iterator[tuple[DevServer, list[int]]]:
 
 
 @pytest.fixture
-def probed(tmp_path: Path, isolated_registry: None) -> Iterator[tuple[DevServer, list[int]]]:
+def probed(tmp_path: Path) -> Iterator[tuple[DevServer, list[int]]]:
     with probed_server(tmp_path) as pair:
         yield pair
 
