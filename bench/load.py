@@ -131,42 +131,47 @@ def _tamper(token: str, **changes: Any) -> str:
 
 @dataclass(frozen=True)
 class Tokens:
-    """Token pools per persona; ``missing`` has one entry, None."""
+    """Token pools per persona as (label, token); ``missing`` has one entry without a token.
 
-    pools: dict[str, list[str | None]]
+    The label is the persona, or for forged tokens the kind of forgery (shown in the decision table).
+    """
+
+    pools: dict[str, list[tuple[str, str | None]]]
 
     def all_strings(self) -> list[str]:
-        return [t for pool in self.pools.values() for t in pool if t]
+        return [t for pool in self.pools.values() for _, t in pool if t]
 
 
 def mint_tokens(idp: IdP, per_persona: int) -> Tokens:
     """Valid tokens from the IdP's key, and every kind of bad token the run sends."""
     now = int(time.time())
-    pools: dict[str, list[str | None]] = {}
+    pools: dict[str, list[tuple[str, str | None]]] = {}
     for persona, (client_id, apis) in CONSUMERS.items():
         pools[persona] = [
-            idp.mint(sub=client_id, azp=client_id, app_tid=TENANT, ias_apis=apis) for _ in range(per_persona)
+            (persona, idp.mint(sub=client_id, azp=client_id, app_tid=TENANT, ias_apis=apis))
+            for _ in range(per_persona)
         ]
     pools["expired"] = [
-        idp.mint(sub=cid, azp=cid, app_tid=TENANT, ias_apis=[READ, WRITE], iat=now - 4200, exp=now - 600)
+        ("expired", idp.mint(sub=cid, azp=cid, app_tid=TENANT, ias_apis=[READ, WRITE], iat=now - 4200, exp=now - 600))
         for cid, _ in (CONSUMERS["full"], CONSUMERS["read"])
         for _ in range(max(1, per_persona // 2))
     ]
     rogue = RSAKey.generate_key(2048, parameters={"kid": idp.key.kid, "use": "sig", "alg": "RS256"})
     full_id = CONSUMERS["full"][0]
-    forged: list[str | None] = []
+    forged: list[tuple[str, str | None]] = []
     for n in range(max(1, per_persona // 4)):
         claims = idp.claims(sub=full_id, azp=full_id, app_tid=TENANT)
+        read_only = idp.mint(sub="load-read", azp="load-read", app_tid=TENANT, ias_apis=[READ])
         forged += [
-            idp.mint(claims, key=rogue),  # another key under the real kid
-            idp.mint(claims, key=rogue, header={"kid": f"rogue-{n}"}),  # unknown kid, trusted issuer
-            idp.mint(idp.claims(sub=full_id, azp=full_id, app_tid=TENANT, iss="http://127.0.0.1:9/tenant")),
-            _tamper(idp.mint(sub="load-read", azp="load-read", app_tid=TENANT, ias_apis=[READ]),
-                    ias_apis=[READ, WRITE]),  # read-only token upgraded, signature kept
-            ".".join((_b64(b'{"alg":"none","typ":"JWT"}'), _b64(json.dumps(claims).encode()), "")),
+            ("forged:other-key", idp.mint(claims, key=rogue)),  # another key under the real kid
+            ("forged:unknown-kid", idp.mint(claims, key=rogue, header={"kid": f"rogue-{n}"})),  # trusted issuer
+            ("forged:wrong-issuer", idp.mint(claims | {"iss": "http://127.0.0.1:9/tenant"})),  # real key
+            ("forged:wrong-audience", idp.mint(claims | {"aud": ["another-service"]})),  # real key
+            ("forged:tampered", _tamper(read_only, ias_apis=[READ, WRITE])),  # upgraded, signature kept
+            ("forged:alg-none", ".".join((_b64(b'{"alg":"none","typ":"JWT"}'), _b64(json.dumps(claims).encode()), ""))),
         ]
     pools["forged"] = forged
-    pools["missing"] = [None]
+    pools["missing"] = [("missing", None)]
     return Tokens(pools)
 
 
@@ -284,10 +289,12 @@ class LoadReport:
     drain_s: float | None = None  # SIGTERM to exit of the old process
     restart_gap_s: float | None = None  # SIGTERM to the new process answering /health
     start_s: float | None = None  # old process exited to new one answering
+    answered_while_draining: int | None = None  # answers between SIGTERM and the old process's exit
+    answered_after_restart: int | None = None  # answers after the new process answered /health
     final_exit_code: int | None = None
-    server_tracebacks: int = 0
+    server_log_errors: int = 0  # log lines at level error or with a traceback
     tokens_in_log: int = 0
-    decisions: dict[str, int] = field(default_factory=dict)  # "persona tool -> observed" counts
+    decisions: dict[str, int] = field(default_factory=dict)  # "token-kind tool observed-answer" -> count
     examples: list[str] = field(default_factory=list)  # the first wrong answers, for a reproduction
 
     @property
@@ -295,7 +302,7 @@ class LoadReport:
         problems = [
             f"{name} = {getattr(self, name)}"
             for name in ("wrong_decisions", "server_errors", "tool_errors", "missing_writes",
-                         "denied_writes_applied", "server_tracebacks", "tokens_in_log")
+                         "denied_writes_applied", "server_log_errors", "tokens_in_log")
             if getattr(self, name)
         ]
         if self.time_limit_hit or self.served < self.requests:
@@ -337,6 +344,8 @@ class _Run:
         self.latencies: list[float] = []
         self.answered_at: list[float] = []
         self.halfway = asyncio.Event()
+        self.drain_window: tuple[float, float] | None = None  # (SIGTERM sent, old process exited)
+        self.ready_at: float | None = None  # the new process answered /health
         self.deadline = 0.0
         self._counter = 0
 
@@ -410,11 +419,11 @@ async def _client(run: _Run, http: httpx.AsyncClient, index: int) -> None:
     framing = FRAMINGS[(index // len(PLAN)) % 2]
     rng = random.Random(run.config.seed * 1_000_003 + index)
     pool = run.tokens.pools[persona]
-    fixed = pool[index % len(pool)]
+    fixed = pool[index % len(pool)]  # a client reuses its token; forged and expired ones vary per request
     owned: list[Note] = []
     report = run.report
     while (ticket := run.take_ticket()) is not None:
-        token = rng.choice(pool) if persona in ("forged", "expired") else fixed
+        label, token = rng.choice(pool) if persona in ("forged", "expired") else fixed
         call = run.make_call(persona, rng, owned, f"c{index} r{ticket}")
         content, headers = _request(call, framing, token, ticket)
         expect = expected_decision(persona, call.tool)
@@ -441,12 +450,12 @@ async def _client(run: _Run, http: httpx.AsyncClient, index: int) -> None:
         if report.served * 2 >= run.config.requests:
             run.halfway.set()
         seen = observed_decision(response.status_code, response.headers.get("www-authenticate"))
-        key = f"{persona:8} {call.tool:13} -> {seen}"
+        key = f"{label} {call.tool} {seen}"
         report.decisions[key] = report.decisions.get(key, 0) + 1
         problem = _judge(run, persona, call, expect, seen, response, owned)
         if problem is not None and len(report.examples) < 10:
             report.examples.append(
-                f"{problem}: {persona} {framing} {call.tool} {call.arguments!r} -> {response.status_code} "
+                f"{problem}: {label} {framing} {call.tool} {call.arguments!r} -> {response.status_code} "
                 f"www-authenticate={response.headers.get('www-authenticate')!r} body={response.text[:300]!r}"
             )
 
@@ -500,7 +509,8 @@ async def _restart_midway(run: _Run, servers: list[ServerProcess]) -> None:
     new = ServerProcess(old.env, old.log.with_name(f"server-{len(servers) + 1}.log"))
     servers.append(new)
     await asyncio.to_thread(new.start, SETUP_TIMEOUT_S)
-    ready_at = time.monotonic()
+    ready_at = run.ready_at = time.monotonic()
+    run.drain_window = (sent_at, exited_at)
     report.drain_s = exited_at - sent_at
     report.start_s = ready_at - exited_at
     report.restart_gap_s = ready_at - sent_at
@@ -580,6 +590,10 @@ async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> t
         report.p50_ms = statistics.median(ms) if ms else 0.0
         report.p99_ms = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
         moments = [started, *sorted(run.answered_at), finished]
+        if run.drain_window is not None:
+            report.answered_while_draining = sum(run.drain_window[0] <= t <= run.drain_window[1] for t in moments)
+        if run.ready_at is not None:
+            report.answered_after_restart = sum(t > run.ready_at for t in run.answered_at)
         report.longest_stall_s = max(b - a for a, b in zip(moments, moments[1:], strict=False))
         await asyncio.wait_for(_verify(run, http, checker), VERIFY_TIMEOUT_S)
     return report, [*tokens.all_strings(), checker]
@@ -599,7 +613,10 @@ def run(config: LoadConfig) -> LoadReport:
             for server in servers:
                 server.kill()
         log = "".join(s.log.read_text(errors="replace") for s in servers if s.log.exists())
-        report.server_tracebacks = log.count("Traceback")
+        report.server_log_errors = sum(
+            1 for line in log.splitlines()
+            if "Traceback" in line or '"level": "error"' in line or '"level": "critical"' in line
+        )
         report.tokens_in_log = sum(1 for t in tokens if t.split(".")[-1] and t.split(".")[-1] in log)
     return report
 
@@ -630,18 +647,39 @@ def render(report: LoadReport) -> str:
             lines.append(f"restart                    did not complete (exit code {r.restart_exit_code})")
         else:
             lines.append(
-                f"restart                    SIGTERM -> exit {r.restart_exit_code} in {r.drain_s:.2f} s; new process "
-                f"ready {r.start_s:.2f} s later; restart gap {r.restart_gap_s:.2f} s"
+                f"restart                    SIGTERM -> exit {r.restart_exit_code} in {r.drain_s:.2f} s "
+                f"({r.answered_while_draining} answers while draining); new process "
+                f"ready {r.start_s:.2f} s later; restart gap {r.restart_gap_s:.2f} s; "
+                f"{r.answered_after_restart} answers by the new process"
             )
     lines.append(f"final stop                 exit {r.final_exit_code}")
-    lines.append(f"server log                 {r.server_tracebacks} tracebacks, {r.tokens_in_log} tokens")
-    lines.append("decisions (persona, tool -> answer: count):")
-    lines += [f"  {key}: {count}" for key, count in sorted(r.decisions.items())]
+    lines.append(f"server log                 {r.server_log_errors} errors or tracebacks, {r.tokens_in_log} tokens")
+    lines += decision_table(r.decisions)
     if r.examples:
         lines.append("first problems:")
         lines += [f"  {e}" for e in r.examples]
     lines.append("PASS" if not r.failures else "FAIL: " + "; ".join(r.failures))
     return "\n".join(lines)
+
+
+_SHORT = {ALLOW: "200", SCOPE: "403s", INVALID: "401i", BARE: "401-"}
+
+
+def decision_table(decisions: dict[str, int]) -> list[str]:
+    """One row per token kind, one column per tool, cells ``answer:count``."""
+    cells: dict[tuple[str, str], list[str]] = {}
+    for key, count in sorted(decisions.items()):
+        label, tool, seen = key.split(" ", 2)
+        cells.setdefault((label, tool), []).append(f"{_SHORT.get(seen, seen)}:{count}")
+    labels = sorted({label for label, _ in cells}, key=lambda x: (PERSONAS.index(x.split(":")[0]), x))
+    lines = [
+        "answers per token kind and tool (200 allowed, 403s insufficient_scope, 401i invalid_token,"
+        " 401- no error code):",
+        f"  {'':22}" + "".join(f"{tool:>14}" for tool in TOOLS),
+    ]
+    for label in labels:
+        lines.append(f"  {label:22}" + "".join(f"{' '.join(cells.get((label, t), ['-'])):>14}" for t in TOOLS))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
