@@ -502,9 +502,7 @@ async def _restart_midway(run: _Run, servers: list[ServerProcess]) -> None:
     old = servers[-1]
     report = run.report
     sent_at = time.monotonic()
-    assert old.proc is not None
-    old.proc.send_signal(signal.SIGTERM)
-    report.restart_exit_code = await asyncio.to_thread(old.stop, STOP_TIMEOUT_S)
+    report.restart_exit_code = await asyncio.to_thread(old.stop, STOP_TIMEOUT_S)  # one SIGTERM, then wait
     exited_at = time.monotonic()
     new = ServerProcess(old.env, old.log.with_name(f"server-{len(servers) + 1}.log"))
     servers.append(new)
