@@ -294,6 +294,7 @@ class LoadReport:
     final_exit_code: int | None = None
     server_log_errors: int = 0  # log lines at level error or with a traceback
     tokens_in_log: int = 0
+    key_requests: int = 0  # discovery and JWKS requests the IdP answered (both processes, whole run)
     decisions: dict[str, int] = field(default_factory=dict)  # "token-kind tool observed-answer" -> count
     examples: list[str] = field(default_factory=list)  # the first wrong answers, for a reproduction
 
@@ -607,6 +608,7 @@ def run(config: LoadConfig) -> LoadReport:
             first.start()
             report, tokens = asyncio.run(_load(config, idp, servers))
             report.final_exit_code = servers[-1].stop()
+            report.key_requests = idp.discovery_fetches + idp.jwks_fetches
         finally:
             for server in servers:
                 server.kill()
@@ -651,6 +653,7 @@ def render(report: LoadReport) -> str:
                 f"{r.answered_after_restart} answers by the new process"
             )
     lines.append(f"final stop                 exit {r.final_exit_code}")
+    lines.append(f"IdP key requests           {r.key_requests} (discovery + JWKS, every process)")
     lines.append(f"server log                 {r.server_log_errors} errors or tracebacks, {r.tokens_in_log} tokens")
     lines += decision_table(r.decisions)
     if r.examples:
