@@ -295,6 +295,8 @@ class LoadReport:
     server_log_errors: int = 0  # log lines at level error or with a traceback
     tokens_in_log: int = 0
     key_requests: int = 0  # discovery and JWKS requests the IdP answered (both processes, whole run)
+    machine_load: float = 0.0  # the 1-minute load average at the end of the load phase (figures depend on it)
+    cpus: int = 0
     decisions: dict[str, int] = field(default_factory=dict)  # "token-kind tool observed-answer" -> count
     examples: list[str] = field(default_factory=list)  # the first wrong answers, for a reproduction
 
@@ -577,6 +579,7 @@ async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> t
             pass
         finished = time.monotonic()
         report = run.report
+        report.machine_load, report.cpus = os.getloadavg()[0], os.cpu_count() or 0
         report.time_limit_hit = finished >= run.deadline
         if restarter is not None:
             if run.halfway.is_set():
@@ -639,7 +642,7 @@ def render(report: LoadReport) -> str:
         f"refused writes applied     {r.denied_writes_applied}",
         f"latency p50 / p99          {r.p50_ms:.1f} ms / {r.p99_ms:.1f} ms",
         f"throughput                 {r.throughput_rps:.0f} requests/s over {r.load_seconds:.1f} s"
-        f"{' (time limit hit)' if r.time_limit_hit else ''}",
+        f"{' (time limit hit)' if r.time_limit_hit else ''}; machine load {r.machine_load:.1f} on {r.cpus} CPUs",
         f"longest stall              {r.longest_stall_s:.2f} s without any answer",
     ]
     if r.restart:
