@@ -271,6 +271,7 @@ class LoadReport:
     sent: int = 0  # requests begun (a retried request counts once)
     served: int = 0  # answered with an HTTP status
     connection_errors: int = 0  # attempts that failed to connect or lost the connection (retried)
+    connection_error_kinds: dict[str, int] = field(default_factory=dict)  # by exception, e.g. "ConnectError"
     timeouts: int = 0  # attempts with no answer in time (retried)
     wrong_decisions: int = 0  # answered below 500 with another decision than expected
     server_errors: int = 0  # answered 5xx
@@ -299,6 +300,7 @@ class LoadReport:
     cpus: int = 0
     decisions: dict[str, int] = field(default_factory=dict)  # "token-kind tool observed-answer" -> count
     examples: list[str] = field(default_factory=list)  # the first wrong answers, for a reproduction
+    notes: list[str] = field(default_factory=list)  # the first connection error of each kind outside a restart
 
     @property
     def failures(self) -> list[str]:
@@ -349,6 +351,7 @@ class _Run:
         self.halfway = asyncio.Event()
         self.drain_window: tuple[float, float] | None = None  # (SIGTERM sent, old process exited)
         self.ready_at: float | None = None  # the new process answered /health
+        self.errors_at: list[tuple[float, float, str, str]] = []  # (attempt began, failed, exception, message)
         self.deadline = 0.0
         self._counter = 0
 
@@ -436,13 +439,14 @@ async def _client(run: _Run, http: httpx.AsyncClient, index: int) -> None:
         while True:
             if time.monotonic() >= run.deadline:
                 return
-            started = time.perf_counter()
+            started, attempted_at = time.perf_counter(), time.monotonic()
             try:
                 response = await http.post(run.url, content=content, headers=headers)
             except httpx.TimeoutException:
                 report.timeouts += 1
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 report.connection_errors += 1
+                run.errors_at.append((attempted_at, time.monotonic(), type(exc).__name__, str(exc)[:120]))
             else:
                 break
             await asyncio.sleep(backoff)
@@ -594,6 +598,17 @@ async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> t
         moments = [started, *sorted(run.answered_at), finished]
         if run.drain_window is not None:
             report.answered_while_draining = sum(run.drain_window[0] <= t <= run.drain_window[1] for t in moments)
+        for attempted_at, failed_at, name, message in run.errors_at:
+            during = run.drain_window is not None and run.ready_at is not None and (
+                attempted_at <= run.ready_at and failed_at >= run.drain_window[0])  # the attempt overlaps the restart
+            kind = f"{name} ({'during' if during else 'outside'} the restart)" if config.restart else name
+            if kind not in report.connection_error_kinds and not during:
+                when = f"tried {attempted_at - started:.2f} s into the load, failed {failed_at - started:.2f} s"
+                if run.drain_window is not None and run.ready_at is not None:
+                    when += (f" (SIGTERM at {run.drain_window[0] - started:.2f} s, "
+                             f"new process ready at {run.ready_at - started:.2f} s)")
+                report.notes.append(f"{name} {when}: {message!r}")
+            report.connection_error_kinds[kind] = report.connection_error_kinds.get(kind, 0) + 1
         if run.ready_at is not None:
             report.answered_after_restart = sum(t > run.ready_at for t in run.answered_at)
         report.longest_stall_s = max(b - a for a, b in zip(moments, moments[1:], strict=False))
@@ -634,6 +649,8 @@ def render(report: LoadReport) -> str:
         f"SIGTERM restart: {'yes' if r.restart else 'no'}",
         f"requests served            {r.served} of {r.requests}"
         f"   (not served: {r.connection_errors} connection errors, {r.timeouts} timeouts, all retried)",
+        *([f"connection errors          {', '.join(f'{k}: {v}' for k, v in sorted(r.connection_error_kinds.items()))}"]
+          if r.connection_error_kinds else []),
         f"wrong decisions            {r.wrong_decisions}",
         f"5xx                        {r.server_errors}",
         f"tool errors                {r.tool_errors}",
@@ -659,6 +676,9 @@ def render(report: LoadReport) -> str:
     lines.append(f"IdP key requests           {r.key_requests} (discovery + JWKS, every process)")
     lines.append(f"server log                 {r.server_log_errors} errors or tracebacks, {r.tokens_in_log} tokens")
     lines += decision_table(r.decisions)
+    if r.notes:
+        lines.append("first connection error of each kind outside a restart:")
+        lines += [f"  {n}" for n in r.notes]
     if r.examples:
         lines.append("first problems:")
         lines += [f"  {e}" for e in r.examples]
