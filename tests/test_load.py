@@ -31,7 +31,7 @@ TOKEN_KINDS = {"full", "read", "none", "expired", "missing", "forged:other-key",
                "forged:wrong-issuer", "forged:wrong-audience", "forged:tampered", "forged:alg-none"}
 
 
-def assert_clean(report: LoadReport) -> None:
+def assert_clean(report: LoadReport, config: LoadConfig) -> None:
     text = render(report)
     assert report.wrong_decisions == 0, text
     assert report.server_errors == 0, text
@@ -45,21 +45,22 @@ def assert_clean(report: LoadReport) -> None:
     assert report.served >= report.requests // 2, text
     assert report.acked_creates > 0 and report.acked_updates > 0, text
     assert {key.split(" ")[0] for key in report.decisions} == TOKEN_KINDS, text
-    assert report.load_seconds <= CI_SIZE.time_limit_s + 5, text
+    assert report.load_seconds <= config.time_limit_s + 5, text  # it stopped by itself
 
 
 @pytest.mark.timeout(240)
 def test_load_run_makes_no_wrong_decision_no_5xx_and_loses_no_write() -> None:
     report = run(CI_SIZE)
-    assert_clean(report)
+    assert_clean(report, CI_SIZE)
     # Nothing restarts here: a dropped connection is at most HTTP/1.1's keep-alive race (RFC 9112 §9.3.1).
     assert report.connection_errors <= report.requests // 20 and report.timeouts == 0, render(report)
 
 
 @pytest.mark.timeout(240)
 def test_load_run_with_sigterm_restart_midway_loses_no_acknowledged_write() -> None:
-    report = run(LoadConfig(clients=100, requests=1500, time_limit_s=60.0, restart=True))
-    assert_clean(report)
+    config = LoadConfig(clients=100, requests=1500, time_limit_s=90.0, restart=True)  # a restart costs seconds
+    report = run(config)
+    assert_clean(report, config)
     assert report.restart_exit_code == 0, render(report)
     assert report.restart_gap_s is not None and report.answered_after_restart, render(report)
 
