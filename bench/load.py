@@ -83,7 +83,7 @@ ENVELOPE = {
 BASE_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 DENIED_MARK = "denied-write"  # in every title a refused write tries to store; must never be found
 SETUP_TIMEOUT_S = 30.0  # starting a server, seeding notes
-VERIFY_TIMEOUT_S = 60.0  # reading back every acknowledged write
+VERIFY_TIMEOUT_S = 60.0  # reading back every acknowledged write (plus 0.1 s per note)
 STOP_TIMEOUT_S = 20.0  # SIGTERM to exit (the server drains for at most 8 s)
 
 
@@ -612,7 +612,7 @@ async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> t
         if run.ready_at is not None:
             report.answered_after_restart = sum(t > run.ready_at for t in run.answered_at)
         report.longest_stall_s = max(b - a for a, b in zip(moments, moments[1:], strict=False))
-        await asyncio.wait_for(_verify(run, http, checker), VERIFY_TIMEOUT_S)
+        await asyncio.wait_for(_verify(run, http, checker), VERIFY_TIMEOUT_S + 0.1 * len(run.notes))
     return report, [*tokens.all_strings(), checker]
 
 
