@@ -15,7 +15,7 @@ once half the requests were served, must exit 0 after draining, and a new proces
 the same port and database at once; clients retry connection errors (counted as not served).
 
 Both the request count and the time are bounded: workers stop at ``--time-limit`` whatever
-is left, and the setup, restart and read-back phases have fixed deadlines of their own.
+is left, and the setup, restart and read-back phases have deadlines of their own.
 The exit status is 0 only when every must-be-zero figure is zero and the run completed.
 """
 
@@ -419,47 +419,47 @@ def _structured(result: dict[str, Any]) -> dict[str, Any]:
     return json.loads(result["content"][0]["text"])
 
 
-async def _client(run: _Run, http: httpx.AsyncClient, index: int) -> None:
+async def _client(state: _Run, http: httpx.AsyncClient, index: int) -> None:
     """One client: a fixed persona and framing, sequential requests until the tickets run out."""
     persona = PLAN[index % len(PLAN)]
     framing = FRAMINGS[(index // len(PLAN)) % 2]
-    rng = random.Random(run.config.seed * 1_000_003 + index)
-    pool = run.tokens.pools[persona]
+    rng = random.Random(state.config.seed * 1_000_003 + index)
+    pool = state.tokens.pools[persona]
     fixed = pool[index % len(pool)]  # a client reuses its token; forged and expired ones vary per request
     owned: list[Note] = []
-    report = run.report
-    while (ticket := run.take_ticket()) is not None:
+    report = state.report
+    while (ticket := state.take_ticket()) is not None:
         label, token = rng.choice(pool) if persona in ("forged", "expired") else fixed
-        call = run.make_call(persona, rng, owned, f"c{index} r{ticket}")
+        call = state.make_call(persona, rng, owned, f"c{index} r{ticket}")
         content, headers = _request(call, framing, token, ticket)
         expect = expected_decision(persona, call.tool)
         if call.note is not None:
             call.note.unsure.add((call.arguments["title"], call.arguments["body"]))
         backoff = 0.02
         while True:
-            if time.monotonic() >= run.deadline:
+            if time.monotonic() >= state.deadline:
                 return
             started, attempted_at = time.perf_counter(), time.monotonic()
             try:
-                response = await http.post(run.url, content=content, headers=headers)
+                response = await http.post(state.url, content=content, headers=headers)
             except httpx.TimeoutException:
                 report.timeouts += 1
             except httpx.TransportError as exc:
                 report.connection_errors += 1
-                run.errors_at.append((attempted_at, time.monotonic(), type(exc).__name__, str(exc)[:120]))
+                state.errors_at.append((attempted_at, time.monotonic(), type(exc).__name__, str(exc)[:120]))
             else:
                 break
             await asyncio.sleep(backoff)
             backoff = min(backoff * 1.5, 0.25)
-        run.latencies.append(time.perf_counter() - started)
-        run.answered_at.append(time.monotonic())
+        state.latencies.append(time.perf_counter() - started)
+        state.answered_at.append(time.monotonic())
         report.served += 1
-        if report.served * 2 >= run.config.requests:
-            run.halfway.set()
+        if report.served * 2 >= state.config.requests:
+            state.halfway.set()
         seen = observed_decision(response.status_code, response.headers.get("www-authenticate"))
         key = f"{label} {call.tool} {seen}"
         report.decisions[key] = report.decisions.get(key, 0) + 1
-        problem = _judge(run, persona, call, expect, seen, response, owned)
+        problem = _judge(state, persona, call, expect, seen, response, owned)
         if problem is not None and len(report.examples) < 10:
             report.examples.append(
                 f"{problem}: {label} {framing} {call.tool} {call.arguments!r} -> {response.status_code} "
@@ -467,10 +467,10 @@ async def _client(run: _Run, http: httpx.AsyncClient, index: int) -> None:
             )
 
 
-def _judge(run: _Run, persona: str, call: Call, expect: str, seen: str, response: httpx.Response,
+def _judge(state: _Run, persona: str, call: Call, expect: str, seen: str, response: httpx.Response,
            owned: list[Note]) -> str | None:
     """Count one answer; returns what was wrong with it, if anything."""
-    report = run.report
+    report = state.report
     if response.status_code >= 500:
         report.server_errors += 1
         return "5xx"
@@ -492,8 +492,8 @@ def _judge(run: _Run, persona: str, call: Call, expect: str, seen: str, response
     elif call.tool == "create_note":
         made = _structured(result)
         note = Note(made["id"], (call.arguments["title"], call.arguments["body"]))
-        run.notes[note.id] = note
-        run.known_ids.append(note.id)
+        state.notes[note.id] = note
+        state.known_ids.append(note.id)
         owned.append(note)
         report.acked_creates += 1
     elif call.tool == "update_note" and call.note is not None:
@@ -503,19 +503,19 @@ def _judge(run: _Run, persona: str, call: Call, expect: str, seen: str, response
     return None
 
 
-async def _restart_midway(run: _Run, servers: list[ServerProcess]) -> None:
+async def _restart_midway(state: _Run, servers: list[ServerProcess]) -> None:
     """At half the requests: SIGTERM, wait for exit (must be 0), start a new process on the same port and DB."""
-    await run.halfway.wait()
+    await state.halfway.wait()
     old = servers[-1]
-    report = run.report
+    report = state.report
     sent_at = time.monotonic()
     report.restart_exit_code = await asyncio.to_thread(old.stop, STOP_TIMEOUT_S)  # one SIGTERM, then wait
     exited_at = time.monotonic()
     new = ServerProcess(old.env, old.log.with_name(f"server-{len(servers) + 1}.log"))
     servers.append(new)
     await asyncio.to_thread(new.start, SETUP_TIMEOUT_S)
-    ready_at = run.ready_at = time.monotonic()
-    run.drain_window = (sent_at, exited_at)
+    ready_at = state.ready_at = time.monotonic()
+    state.drain_window = (sent_at, exited_at)
     report.drain_s = exited_at - sent_at
     report.start_s = ready_at - exited_at
     report.restart_gap_s = ready_at - sent_at
@@ -534,15 +534,15 @@ async def _seed(http: httpx.AsyncClient, url: str, token: str, count: int) -> li
     return notes
 
 
-async def _verify(run: _Run, http: httpx.AsyncClient, token: str) -> None:
+async def _verify(state: _Run, http: httpx.AsyncClient, token: str) -> None:
     """Read back every note a client created with an acknowledgement; look for refused writes."""
-    report = run.report
+    report = state.report
     limit = asyncio.Semaphore(16)
 
     async def check(note: Note) -> None:
         async with limit:
             content, headers = _request(Call("get_note", {"note_id": note.id}), FRAMINGS[note.id % 2], token, note.id)
-            response = await http.post(run.url, content=content, headers=headers)
+            response = await http.post(state.url, content=content, headers=headers)
         result = _result(response) if response.status_code == 200 else None
         if result is None:
             report.missing_writes += 1
@@ -553,13 +553,43 @@ async def _verify(run: _Run, http: httpx.AsyncClient, token: str) -> None:
             report.missing_writes += 1
             report.examples.append(f"note {note.id} lost its acknowledged update: has {got['title']!r}")
 
-    await asyncio.gather(*(check(note) for note in run.notes.values()))
+    await asyncio.gather(*(check(note) for note in state.notes.values()))
     content, headers = _request(Call("search_notes", {"query": DENIED_MARK, "limit": 100}), FRAMINGS[0], token, 0)
-    response = await http.post(run.url, content=content, headers=headers)
+    response = await http.post(state.url, content=content, headers=headers)
     result = _result(response)
     if result is None:
         raise RuntimeError(f"search after the run failed: {response.status_code} {response.text[:300]}")
     report.denied_writes_applied = len(_structured(result)["notes"])
+
+
+def _summarise(state: _Run, started: float, finished: float) -> LoadReport:
+    """Speed, stall, restart and connection-error figures of the load phase (``started``..``finished``)."""
+    report, config = state.report, state.config
+    report.machine_load, report.cpus = os.getloadavg()[0], os.cpu_count() or 0
+    report.time_limit_hit = finished >= state.deadline
+    report.load_seconds = finished - started
+    report.throughput_rps = report.served / report.load_seconds if report.load_seconds else 0.0
+    ms = sorted(x * 1000 for x in state.latencies)
+    report.p50_ms = statistics.median(ms) if ms else 0.0
+    report.p99_ms = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
+    moments = [started, *sorted(state.answered_at), finished]
+    report.longest_stall_s = max(b - a for a, b in zip(moments, moments[1:], strict=False))
+    window = (state.drain_window[0], state.ready_at) if state.drain_window and state.ready_at is not None else None
+    if state.drain_window is not None:
+        term, exited = state.drain_window
+        report.answered_while_draining = sum(term <= t <= exited for t in state.answered_at)
+    if state.ready_at is not None:
+        report.answered_after_restart = sum(t > state.ready_at for t in state.answered_at)
+    for attempted_at, failed_at, name, message in state.errors_at:
+        during = window is not None and attempted_at <= window[1] and failed_at >= window[0]  # overlaps the restart
+        kind = f"{name} ({'during' if during else 'outside'} the restart)" if config.restart else name
+        if kind not in report.connection_error_kinds and not during:
+            when = f"tried {attempted_at - started:.2f} s into the load, failed at {failed_at - started:.2f} s"
+            if window is not None:
+                when += f" (SIGTERM at {window[0] - started:.2f} s, new process ready at {window[1] - started:.2f} s)"
+            report.notes.append(f"{name} {when}: {message!r}")
+        report.connection_error_kinds[kind] = report.connection_error_kinds.get(kind, 0) + 1
+    return report
 
 
 async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> tuple[LoadReport, list[str]]:
@@ -570,49 +600,25 @@ async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> t
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0), trust_env=False) as http:
         url = servers[-1].base_url + "/mcp"
         seeds = await asyncio.wait_for(_seed(http, url, checker, config.seed_notes), SETUP_TIMEOUT_S)
-        run = _Run(config, servers[-1].base_url, tokens, seeds)
-        restarter = asyncio.create_task(_restart_midway(run, servers)) if config.restart else None
+        state = _Run(config, servers[-1].base_url, tokens, seeds)
+        restarter = asyncio.create_task(_restart_midway(state, servers)) if config.restart else None
         started = time.monotonic()
-        run.deadline = started + config.time_limit_s
+        state.deadline = started + config.time_limit_s
         try:
             await asyncio.wait_for(
-                asyncio.gather(*(_client(run, http, i) for i in range(config.clients))),
+                asyncio.gather(*(_client(state, http, i) for i in range(config.clients))),
                 config.time_limit_s + 1.0,
             )
         except TimeoutError:
             pass
         finished = time.monotonic()
-        report = run.report
-        report.machine_load, report.cpus = os.getloadavg()[0], os.cpu_count() or 0
-        report.time_limit_hit = finished >= run.deadline
         if restarter is not None:
-            if run.halfway.is_set():
+            if state.halfway.is_set():
                 await asyncio.wait_for(restarter, STOP_TIMEOUT_S + SETUP_TIMEOUT_S + 5)
             else:
                 restarter.cancel()
-        report.load_seconds = finished - started
-        report.throughput_rps = report.served / report.load_seconds if report.load_seconds else 0.0
-        ms = sorted(x * 1000 for x in run.latencies)
-        report.p50_ms = statistics.median(ms) if ms else 0.0
-        report.p99_ms = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
-        moments = [started, *sorted(run.answered_at), finished]
-        if run.drain_window is not None:
-            report.answered_while_draining = sum(run.drain_window[0] <= t <= run.drain_window[1] for t in moments)
-        for attempted_at, failed_at, name, message in run.errors_at:
-            during = run.drain_window is not None and run.ready_at is not None and (
-                attempted_at <= run.ready_at and failed_at >= run.drain_window[0])  # the attempt overlaps the restart
-            kind = f"{name} ({'during' if during else 'outside'} the restart)" if config.restart else name
-            if kind not in report.connection_error_kinds and not during:
-                when = f"tried {attempted_at - started:.2f} s into the load, failed {failed_at - started:.2f} s"
-                if run.drain_window is not None and run.ready_at is not None:
-                    when += (f" (SIGTERM at {run.drain_window[0] - started:.2f} s, "
-                             f"new process ready at {run.ready_at - started:.2f} s)")
-                report.notes.append(f"{name} {when}: {message!r}")
-            report.connection_error_kinds[kind] = report.connection_error_kinds.get(kind, 0) + 1
-        if run.ready_at is not None:
-            report.answered_after_restart = sum(t > run.ready_at for t in run.answered_at)
-        report.longest_stall_s = max(b - a for a, b in zip(moments, moments[1:], strict=False))
-        await asyncio.wait_for(_verify(run, http, checker), VERIFY_TIMEOUT_S + 0.1 * len(run.notes))
+        report = _summarise(state, started, finished)
+        await asyncio.wait_for(_verify(state, http, checker), VERIFY_TIMEOUT_S + 0.1 * len(state.notes))
     return report, [*tokens.all_strings(), checker]
 
 
