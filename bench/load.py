@@ -596,7 +596,10 @@ async def _load(config: LoadConfig, idp: IdP, servers: list[ServerProcess]) -> t
     """Seed, run the clients (restarting the server halfway if asked), read back; returns the tokens sent too."""
     tokens = mint_tokens(idp, config.tokens_per_persona)
     checker = idp.mint(sub="load-check", azp=CONSUMERS["full"][0], app_tid=TENANT, ias_apis=[READ, WRITE])
-    limits = httpx.Limits(max_connections=config.clients + 4, max_keepalive_connections=config.clients + 4)
+    # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout closes them: otherwise
+    # a request can meet the server's close in flight (RFC 9112 §9.3.1) and show up as a connection error.
+    limits = httpx.Limits(max_connections=config.clients + 4, max_keepalive_connections=config.clients + 4,
+                          keepalive_expiry=2.0)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0), trust_env=False) as http:
         url = servers[-1].base_url + "/mcp"
         seeds = await asyncio.wait_for(_seed(http, url, checker, config.seed_notes), SETUP_TIMEOUT_S)
