@@ -209,6 +209,15 @@ class JWKSCache:
             return None
         return self._keys.get(kid)
 
+    def in_hand(self, kid: str) -> tuple[PublicJWK, bytes] | None:
+        """The key named ``kid`` and its thumbprint when held and no refresh is due: the common
+        case, answered without a coroutine (else `get_with_thumbprint` decides)."""
+        now = self._clock()
+        entry = self._keys.get(kid)
+        if entry is None or now >= self.serve_until or self._due(True, now):
+            return None
+        return entry
+
     async def get_with_thumbprint(self, kid: str) -> tuple[PublicJWK, bytes]:
         """The key named ``kid`` and its thumbprint, refreshing the set if due.
 

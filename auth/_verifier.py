@@ -17,7 +17,6 @@ cannot turn it against a valid one, is written down in SECURITY.md:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import re
@@ -127,8 +126,12 @@ _Hit = tuple[VerifiedToken, JWKSCache, bytes, float, float, float]
 
 def _window(claims: Mapping[str, Any], leeway: float) -> tuple[float, float]:
     # Exactly the window check_times accepts (claims already passed it, so numbers are finite).
-    starts = [float(v) for v in (claims.get("nbf"), claims.get("iat")) if isinstance(v, int | float)]
-    return (max(starts) - leeway if starts else -math.inf), float(claims["exp"]) + leeway
+    start = -math.inf
+    for name in ("nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and value.__class__ is not bool and value > start:
+            start = value
+    return float(start) - leeway, float(claims["exp"]) + leeway
 
 
 class JWTVerifier:
@@ -163,7 +166,9 @@ class JWTVerifier:
         self._newcomers: OrderedDict[str, JWKSCache] = OrderedDict()  # token-named, not proven
         self._births: deque[float] = deque()
         self._consumers: OrderedDict[tuple[str, Headers], _Consumer] = OrderedDict()
-        self._cache: OrderedDict[bytes, _Hit] = OrderedDict()
+        # Keyed by the token itself: exact, and a lookup hashes the string once (no digest to compute).
+        # Only tokens that verified enter, at most token_cache_size of them, each at most max_token_bytes.
+        self._cache: OrderedDict[str, _Hit] = OrderedDict()
         self._headers: HeaderMemo = {}  # decoded JOSE headers (parse_jws), bounded there
         self.cache_hits = 0
         self.consumer_fetches = 0
@@ -347,17 +352,16 @@ class JWTVerifier:
             KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault), or
                 too many new token-named issuers were asked for at once.
         """
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        hit = self._cache.get(digest)
+        hit = self._cache.get(token)
         if hit is not None:
             now = self._clock()
             verified, keys, thumbprint, not_before, not_after, until = hit
             # A hit costs the lookup and these checks: times, key material still served, answers still fresh.
             if not_before <= now < not_after and thumbprint in keys.thumbprints and self._monotonic() < until:
-                self._cache.move_to_end(digest)
+                self._cache.move_to_end(token)
                 self.cache_hits += 1
                 return verified
-            del self._cache[digest]
+            del self._cache[token]
             if not not_before <= now < not_after:
                 check_times(verified.claims, now=now, leeway=self._settings.leeway_s)  # raises the reason
             # otherwise: key retired, or keys/IAS answer due for a look: verify afresh
@@ -366,7 +370,7 @@ class JWTVerifier:
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes, header_memo=self._headers)
         config, issuer = match_issuer(jws.claims, s.issuers)
         keys = self._key_set(config, issuer)
-        key, thumbprint = await keys.get_with_thumbprint(jws.kid)
+        key, thumbprint = keys.in_hand(jws.kid) or await keys.get_with_thumbprint(jws.kid)
         try:
             verify_signature(jws, key)
         except InvalidToken:
@@ -381,7 +385,7 @@ class JWTVerifier:
             until = min(until, await self._check_consumer(config, keys, jws.claims, thumbprint))
         if s.token_cache_size > 0:
             not_before, not_after = _window(jws.claims, s.leeway_s)
-            self._cache[digest] = (verified, keys, thumbprint, not_before, not_after, until)
+            self._cache[token] = (verified, keys, thumbprint, not_before, not_after, until)
             if len(self._cache) > s.token_cache_size:
                 self._cache.popitem(last=False)
         return verified
