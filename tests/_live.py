@@ -23,9 +23,16 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["running_server", "serve"]
+__all__ = ["running_server", "serve", "free_port"]
 
 ASGIApp = Callable[..., Any]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` right now (for a subprocess that binds it itself; racy by nature)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from psycopg import sql
 
 from server._devcerts import host_names, issue_leaf, new_ca
+from tests._live import free_port as _free_port
 
 __all__ = ["PostgresServer", "running_postgres", "find_bin_dir", "APP_ROLE", "CERT_ROLE"]
 
@@ -60,11 +60,6 @@ def _install_if_root() -> Path | None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=env, timeout=600)
     return find_bin_dir()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pem(cert: x509.Certificate) -> str:

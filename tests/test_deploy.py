@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests._idp import running_idp
+from tests._live import free_port as _free_port
 from tests._postgres import APP_ROLE, PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,11 +99,6 @@ def _droplet(tmp: Path) -> Path:
     assert not (target / "tests").exists() and (target / "requirements.txt").exists()
     return target
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_app(app_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

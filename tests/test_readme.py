@@ -22,7 +22,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._live import free_port
 from tests._venvs import LANGCHAIN_REQUIREMENTS, ensure_venv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,11 +103,6 @@ def test_the_readme_has_snippets_of_each_kind_to_run() -> None:
 
 # --- the servers ---------------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

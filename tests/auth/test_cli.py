@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from auth import certificate_thumbprint
 from auth._errors import ConfigError
 from auth.client._cli import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_REQUEST, challenge_params, parse_arguments
+from tests._live import free_port as _free_port
 from tests.server.conftest import ALL_TOOLS, READ_TOOLS, DevServer, dev_server, jwt_claims
 
 pytestmark = pytest.mark.timeout(120)
@@ -242,11 +243,6 @@ class MTLSDev:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_healthy(dev: MTLSDev, deadline_s: float = 30.0) -> None:

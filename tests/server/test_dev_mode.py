@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,14 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tests._live import free_port
+
 from .conftest import LEGACY_HEADERS, REPO, challenge_params, mcp_client, tool_call
 
 pytestmark = pytest.mark.timeout(90)
 
 STARTUP_TIMEOUT = 30.0
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def server_env(tmp_path: Path, **overrides: str) -> dict[str, str]:

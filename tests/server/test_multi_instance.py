@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import httpx
 import pytest
 
 from tests._idp import IdP, running_idp
+from tests._live import free_port as _free_port
 from tests._postgres import PostgresServer
 
 from .conftest import JSON_HEADERS, LEGACY_HEADERS, MODES, mcp_client, tool_call
@@ -36,11 +36,6 @@ pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
 UNAVAILABLE = "the notes store is unavailable"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

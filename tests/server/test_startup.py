@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,11 @@ import httpx
 import pytest
 
 from tests._idp import running_idp
+from tests._live import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
