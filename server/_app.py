@@ -3,7 +3,7 @@
 Request path, outermost first::
 
     HostOriginGuard        421 foreign Host, 403 foreign Origin
-    auth.protect(...):     the MCP path goes straight on; every other path to Starlette routes:
+    auth.mcp.protect(...): the MCP path goes straight on; every other path to Starlette routes:
                            /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
@@ -45,7 +45,7 @@ INSTRUCTIONS = (
 
 
 def build_mcp(settings: ServerSettings, store: NotesStore) -> MCPServer:
-    """The `MCPServer` with every tool registered (`auth.protect` adds the per-caller ``tools/list`` filter)."""
+    """The `MCPServer` with every tool registered (`auth.mcp.protect` adds the per-caller ``tools/list`` filter)."""
     mcp = MCPServer(
         "btp-notes",
         instructions=INSTRUCTIONS,

@@ -9,7 +9,7 @@ The server calls `register` once at start-up, after building its `MCPServer`::
 Adding a tool is one decorated function inside `tools.notes.register_notes` (or a new
 ``register_*`` called from `register`). ``@mcp.tool()`` goes on top, ``@requires`` under
 it; the permission is marked on the registered function, whatever the tool's name, and
-the server's `auth.ToolPermissions` (read from the registered tools) feeds the HTTP gate
+the server's `auth.mcp.ToolPermissions` (read from the registered tools) feeds the HTTP gate
 and ``tools/list`` filtering. Sync and async tools alike. The docstring is what the model is told::
 
     @mcp.tool(annotations=_READ_ONLY)

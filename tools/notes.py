@@ -2,7 +2,7 @@
 
 Each tool is one function: ``@mcp.tool()`` on top (name = function name; the docstring is
 the description the model reads), ``@requires(...)`` under it (marks the function with the
-permission, which the server's `auth.ToolPermissions` reads, and checks it when the tool runs). The tools
+permission, which the server's `auth.mcp.ToolPermissions` reads, and checks it when the tool runs). The tools
 are closures over the store, so two servers in one process (tests) keep separate stores.
 
 The store is async (`NotesStore`; SQLite runs on worker threads, PostgreSQL on a pool). A
