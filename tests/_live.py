@@ -15,7 +15,9 @@ works from sync and async tests alike; leaving the block stops it (and surfaces 
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["running_server", "serve", "free_port"]
+__all__ = ["running_server", "serve", "free_port", "stop_process"]
 
 ASGIApp = Callable[..., Any]
 
@@ -33,6 +35,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int | None:
+    """SIGTERM ``proc`` and wait for it; kill it when it does not drain in ``timeout`` seconds.
+
+    Returns its exit status (None only if even the kill was not reaped in time).
+    """
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._live import free_port
+from tests._live import free_port, stop_process
 from tests._venvs import LANGCHAIN_REQUIREMENTS, ensure_venv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,12 +130,7 @@ def dev_server(workdir: Path, *args: str) -> Iterator[Running]:
             time.sleep(0.2)
         yield Running(f"{scheme}://127.0.0.1:{port}", workdir)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
 
 
