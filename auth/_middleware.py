@@ -134,7 +134,7 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)  # CORS preflight carries no credentials
             return
         try:
-            token = await self.authenticate(scope)
+            raw, token = await self._authenticate(scope)
         except AuthError as exc:
             level = logging.WARNING if exc.status >= 500 else logging.INFO
             log.log(
@@ -150,8 +150,7 @@ class BearerAuthMiddleware:
                 return
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)
             return
-        # authenticate() succeeded, so the header parses; the raw token keys the SDK's view of it.
-        user, credentials = self._principals.get(token, bearer_token(scope.get("headers", ())))
+        user, credentials = self._principals.get(token, raw)  # the raw token keys the SDK's view of it
         scope[SCOPE_KEY] = token
         scope.setdefault("state", {})["token"] = token
         scope["user"] = user
@@ -170,6 +169,9 @@ class BearerAuthMiddleware:
         Raises:
             AuthError: the request is not authenticated; unexpected failures become `InvalidToken`.
         """
+        return (await self._authenticate(scope))[1]
+
+    async def _authenticate(self, scope: dict[str, Any]) -> tuple[str, VerifiedToken]:
         raw = bearer_token(scope.get("headers", ()), scope.get("query_string", b""))
         try:
             token = await self._verifier.verify(raw)
@@ -180,4 +182,4 @@ class BearerAuthMiddleware:
             raise InvalidToken(f"verifier error: {type(exc).__name__}") from exc
         if self._certificate_check is not None:
             self._certificate_check(scope, token)
-        return token
+        return raw, token

@@ -42,18 +42,53 @@ class JsonFormatter(logging.Formatter):
         second = int(record.created)
         if second != self._second:  # one strftime per second, not per line
             self._stamp, self._second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
+        fields = getattr(record, "audit", None)
+        if type(fields) is dict and not record.exc_info and not record.args and isinstance(record.msg, str):
+            line = _flat_line(self._stamp, record, fields)  # the audit line: no dict, no encoder set-up
+            if line is not None:
+                return line
         entry: dict[str, Any] = {
             "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        fields = getattr(record, "audit", None)
         if isinstance(fields, dict):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self._encode(entry)
+
+
+_RESERVED = frozenset({"ts", "level", "logger", "msg"})
+
+
+def _flat_line(stamp: str, record: logging.LogRecord, fields: dict[str, Any]) -> str | None:
+    """``JsonFormatter``'s output for a record whose fields are flat strings, numbers, booleans and
+    nulls, written directly (None for anything else, which takes the general path)."""
+    out = [f'{{"ts":"{stamp}.{int(record.msecs):03d}Z","level":"{record.levelname.lower()}","logger":',
+           _quote(record.name), ',"msg":', _quote(record.msg)]
+    for key, value in fields.items():
+        if type(key) is not str or key in _RESERVED:
+            return None
+        kind = type(value)
+        if kind is str:
+            text = _quote(value)
+        elif value is None:
+            text = "null"
+        elif kind is bool:
+            text = "true" if value else "false"
+        elif kind is int or (kind is float and value == value and value not in (_INF, -_INF)):
+            text = repr(value)
+        else:
+            return None
+        out += (",", _quote(key), ":", text)
+    out.append("}")
+    return "".join(out)
+
+
+_INF = float("inf")
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # what json.dumps uses for str
 
 
 _template: dict[str, Any] = {}

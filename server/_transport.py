@@ -1,17 +1,25 @@
 """The MCP endpoint: stateless streamable HTTP with JSON responses, one exchange per ASGI call.
 
-The SDK already serves a 2026-07-28 request inside the ASGI task (``handle_modern_request``).
-For a 2025-11-25 request in stateless mode it builds a transport, two memory-stream pairs and
-a server task per request, only to carry one JSON-RPC request in and one response out. Here a
-plain 2025 request (POST, JSON content type, accepting JSON, a single JSON-RPC request) goes
-through the SDK's single-exchange driver ``serve_one`` instead, with the same born-ready
-``Connection`` the SDK's stateless path builds: tool dispatch, input validation, middleware
-and result shaping stay the SDK's. Everything else (notifications, responses, batches, bad
-JSON, wrong headers, other paths) is handed to the SDK's own session manager unchanged, with
-the body replayed, so every error answer is exactly the SDK's. One deliberate difference: an
-unexpected exception outside the tools (tool failures are already ``isError`` results) is
-answered with the SDK's modern mapping, a generic ``INTERNAL_ERROR`` with the details only in
-the log, where the SDK's 2025 dispatcher would send ``code 0`` and the exception's text.
+Both protocol generations are answered inside the request's ASGI task through the SDK's
+single-exchange driver (``serve_one``), with the same born-ready ``Connection`` the SDK's own
+entries build: tool dispatch, input validation, middleware and result shaping stay the SDK's.
+
+- 2025-11-25: in stateless mode the SDK builds a transport, two memory-stream pairs and a
+  server task per request, only to carry one JSON-RPC request in and one response out. A plain
+  request (POST, JSON content type, accepting JSON, a single JSON-RPC request) skips all that.
+- 2026-07-28: the SDK's ``handle_modern_request`` already answers in the task; a request that
+  passes every rung of its ladder (one request, no duplicated routing header, the envelope and
+  header checks, ``Mcp-Param-*``) is served here with the SDK's own rung functions, on the body
+  and JSON the tool gate already read, and its reply serialized once.
+
+Everything else (notifications, responses, batches, bad JSON, wrong headers, any refused rung,
+other paths) is handed to the SDK's own entry unchanged, with the body replayed, so every error
+answer is exactly the SDK's (``tests/server/test_transport.py`` compares them). Host, Origin
+and Content-Type are checked in front (``HostOriginGuard`` and here), once. One deliberate
+difference on the 2025 path: an unexpected exception outside the tools (tool failures are
+already ``isError`` results) is answered with the SDK's modern mapping, a generic
+``INTERNAL_ERROR`` with the details only in the log, where the SDK's 2025 dispatcher would send
+``code 0`` and the exception's text.
 
 The body is read once, capped at ``max_body`` (413 beyond it). A layer in front that already
 read it (the tool gate) may leave it in the scope as ``BODY_KEY`` (bytes) and its JSON as
@@ -20,16 +28,28 @@ read it (the tool gate) may leave it in the scope as ``BODY_KEY`` (bytes) and it
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic_core
-from mcp.server._streamable_http_modern import _SingleExchangeDispatchContext, handle_modern_request
+from mcp.server._streamable_http_modern import (
+    _mcp_param_rejection,
+    _SingleExchangeDispatchContext,
+    handle_modern_request,
+)
 from mcp.server.connection import Connection
-from mcp.server.runner import modern_error_data, serve_one
+from mcp.server.runner import ServerRunner, aclose_shielded, modern_error_data
 from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types import DEFAULT_NEGOTIATED_VERSION, JSONRPCError, JSONRPCRequest, JSONRPCResponse, jsonrpc_message_adapter
@@ -151,18 +171,21 @@ class MCPEndpoint:
             elif key == b"accept":
                 accept = value.decode("latin-1")
         replay = _replay(body, receive)
-        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            # 2026-07-28 and unknown versions: the SDK's single-exchange entry, in this task.
-            await handle_modern_request(
-                self._server, self._manager.security_settings, True, self._lifespan_state(), scope, replay, send
-            )
-            return
-        request = None
-        if (
+        plain = (
             content_type is not None
             and content_type.lower().startswith(b"application/json")
             and check_accept_headers(_Headers(accept))[0]  # type: ignore[arg-type]
-        ):
+        )
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            # 2026-07-28 and unknown versions: one request passing every rung of the SDK's ladder
+            # is served here; anything the SDK would refuse or stream goes to its own entry.
+            if not (plain and await self._serve_modern(body, scope, replay, send)):
+                await handle_modern_request(
+                    self._server, self._manager.security_settings, True, self._lifespan_state(), scope, replay, send
+                )
+            return
+        request = None
+        if plain:
             request = _single_request(body, scope.get(MESSAGE_KEY, _UNPARSED))
         if request is None:
             await self._manager.handle_request(scope, replay, send)  # the SDK answers as it always does
@@ -179,7 +202,7 @@ class MCPEndpoint:
         )
         connection = Connection.from_envelope(version, None, None)
         try:
-            result = await serve_one(
+            result = await _serve_one(
                 self._server, dctx, req.method, req.params, connection=connection,
                 lifespan_state=self._lifespan_state(),
             )
@@ -188,6 +211,60 @@ class MCPEndpoint:
             message = JSONRPCError(jsonrpc="2.0", id=req.id, error=modern_error_data(exc))
         await _reply(send, 200, message.model_dump_json(by_alias=True, exclude_unset=True).encode())
 
+    async def _serve_modern(self, body: bytes, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve a 2026-07-28 request as ``handle_modern_request`` does in JSON mode; False to leave it to the SDK.
+
+        The same rungs in the same order, with the SDK's own functions: one JSON-RPC request
+        (not a notification, batch or ``subscriptions/listen``), no duplicated routing header,
+        the envelope and header ladder, the ``Mcp-Param-*`` check. The first rung that fails
+        returns False before anything is sent, and the SDK's entry then answers exactly as it
+        always does. Host, Origin and Content-Type were checked in front (``HostOriginGuard``,
+        the caller); the reply is serialized once, straight from the result dict.
+        """
+        decoded = scope.get(MESSAGE_KEY, _UNPARSED)
+        if decoded is _UNPARSED:
+            try:
+                decoded = json.loads(body)
+            except (ValueError, RecursionError):
+                return False
+        if not isinstance(decoded, dict) or "id" not in decoded:
+            return False
+        try:
+            req = JSONRPCRequest.model_validate(decoded)
+        except ValidationError:
+            return False
+        if req.method == "subscriptions/listen":
+            return False
+        request = Request(scope, receive)
+        headers = request.headers
+        if find_duplicated_routing_header(headers.items()) is not None:
+            return False
+        verdict = classify_inbound_request(decoded, headers=dict(headers))
+        if isinstance(verdict, InboundLadderRejection):
+            return False
+        state = self._lifespan_state()
+        if await _mcp_param_rejection(self._server, request, req, verdict, state) is not None:
+            return False
+        connection = Connection.from_envelope(verdict.protocol_version, verdict.client_info,
+                                              verdict.client_capabilities)
+        dctx = _SingleExchangeDispatchContext(
+            transport=TransportContext(kind="streamable-http", can_send_request=False, headers=headers),
+            request_id=req.id,
+            message_metadata=ServerMessageMetadata(request_context=request),
+            progress_token=progress_token_from_params(req.params),
+        )
+        try:
+            result = await _serve_one(self._server, dctx, req.method, req.params, connection=connection,
+                                     lifespan_state=state)
+        except Exception as exc:  # the SDK's mapping and HTTP status table
+            error = modern_error_data(exc)
+            reply = JSONRPCError(jsonrpc="2.0", id=req.id, error=error)
+            await _reply(send, ERROR_CODE_HTTP_STATUS.get(error.code, 200),
+                         reply.model_dump_json(by_alias=True, exclude_none=True).encode())
+            return True
+        await _reply(send, 200, pydantic_core.to_json({"jsonrpc": "2.0", "id": req.id, "result": result}))
+        return True
+
     def _lifespan_state(self) -> Any:
         if self._manager._task_group is None:  # noqa: SLF001 (the SDK keeps no public handle)
             raise RuntimeError("the session manager is not running (the app's lifespan did not start)")
@@ -195,6 +272,23 @@ class MCPEndpoint:
 
 
 _UNPARSED = object()
+
+
+async def _serve_one(
+    server: Any, dctx: Any, method: str, params: Any, *, connection: Connection, lifespan_state: Any
+) -> dict[str, Any]:
+    """The SDK's ``serve_one``, minus its shielded teardown when the exchange registered nothing to undo.
+
+    ``serve_one`` always unwinds the connection's exit stack under a shielded, bounded cancel
+    scope; for a stateless request whose handlers registered no cleanup that costs more than a
+    tool call's validation. A registered callback still gets exactly the SDK's teardown.
+    """
+    runner = ServerRunner(server, connection, lifespan_state)
+    try:
+        return await runner.on_request(dctx, method, params)
+    finally:
+        if getattr(connection.exit_stack, "_exit_callbacks", True):  # a non-empty deque, or unknown
+            await aclose_shielded(connection)
 
 
 def _single_request(body: bytes, parsed: object = _UNPARSED) -> JSONRPCRequest | None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from mcp.shared.inbound import decode_header_value
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp as StarletteApp
@@ -70,8 +71,6 @@ def tool_names(message: object) -> list[str]:
 
 def _decode_name_header(value: str) -> str | None:
     # The SDK wraps unsafe names as =?base64?...?=; compare the decoded form with the body.
-    from mcp.shared.inbound import decode_header_value
-
     return decode_header_value(value)
 
 

@@ -23,7 +23,7 @@ from mcp.server.mcpserver import MCPServer
 from auth.mcp import requires
 from tests._live import running_server
 
-from .conftest import JSON_HEADERS, LEGACY_HEADERS, DevServer, build_dev_app, modern_headers, tool_call
+from .conftest import ENVELOPE, JSON_HEADERS, LEGACY_HEADERS, DevServer, build_dev_app, modern_headers, tool_call
 from .test_dev_mode import dev_processes
 
 pytestmark = pytest.mark.timeout(60)
@@ -220,8 +220,9 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) ->
 
 
 @contextlib.contextmanager
-def bare_endpoint(front: Any = None) -> Iterator[str]:
-    """An `MCPEndpoint` over a one-tool `MCPServer`, optionally behind ``front``; yields the /mcp URL."""
+def bare_endpoint(front: Any = None, *, sdk_only: bool = False) -> Iterator[str]:
+    """An `MCPEndpoint` over a small `MCPServer`, optionally behind ``front`` (or, with ``sdk_only``,
+    the SDK's own app without the endpoint); yields the /mcp URL."""
     from server._transport import MCPEndpoint
 
     mcp = MCPServer("t", log_level="WARNING")
@@ -231,9 +232,14 @@ def bare_endpoint(front: Any = None) -> Iterator[str]:
         """Return the text."""
         return text
 
+    @mcp.tool()
+    async def explode() -> str:
+        """Fails with an unexpected error."""
+        raise RuntimeError("internal detail 5e1c")
+
     sdk_app = mcp.streamable_http_app(json_response=True, stateless_http=True)
     endpoint = MCPEndpoint(mcp.session_manager, path="/mcp", fallback=sdk_app, max_body=4096)
-    inner = front(endpoint) if front is not None else endpoint
+    inner = sdk_app if sdk_only else front(endpoint) if front is not None else endpoint
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -276,3 +282,104 @@ def test_endpoint_validates_arguments_through_the_sdk() -> None:
         response = httpx.post(url, json=call, headers={**JSON_HEADERS, **LEGACY_HEADERS}, timeout=10)
     assert response.status_code == 200
     assert response.json()["result"]["isError"] is True
+
+
+# --- 2026-07-28: served in the endpoint when every rung passes, the SDK's answer either way ----
+
+def _modern(method: str, params: dict[str, Any] | None, *, id: object = 1, meta: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if id is not _NO_ID:
+        body["id"] = id
+    if params is not None or meta:
+        body["params"] = {**(params or {}), **({"_meta": ENVELOPE} if meta else {})}
+    return body
+
+
+_NO_ID = object()
+_CALL_HEADERS = [("mcp-method", "tools/call"), ("mcp-protocol-version", "2026-07-28")]
+
+MODERN_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
+    "call": (_modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+             [*_CALL_HEADERS, ("mcp-name", "echo")]),
+    "call_invalid_arguments": (_modern("tools/call", {"name": "echo", "arguments": {"text": 5}}),
+                               [*_CALL_HEADERS, ("mcp-name", "echo")]),
+    "tool_raises": (_modern("tools/call", {"name": "explode", "arguments": {}}),
+                    [*_CALL_HEADERS, ("mcp-name", "explode")]),
+    "unknown_tool": (_modern("tools/call", {"name": "nope", "arguments": {}}),
+                     [*_CALL_HEADERS, ("mcp-name", "nope")]),
+    "list": (_modern("tools/list", None), [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]),
+    "unknown_method": (_modern("no/such", None), [("mcp-method", "no/such"), ("mcp-protocol-version", "2026-07-28")]),
+    "string_id": (_modern("tools/list", None, id="x-1"),
+                  [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]),
+    "method_header_mismatch": (_modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+                               [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28"),
+                                ("mcp-name", "echo")]),
+    "name_header_mismatch": (_modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+                             [*_CALL_HEADERS, ("mcp-name", "explode")]),
+    "version_header_mismatch": (_modern("tools/list", None),
+                                [("mcp-method", "tools/list"), ("mcp-protocol-version", "2099-01-01")]),
+    "duplicated_routing_header": (_modern("tools/list", None),
+                                  [("mcp-method", "tools/list"), ("mcp-method", "tools/list"),
+                                   ("mcp-protocol-version", "2026-07-28")]),
+    "no_envelope": (_modern("tools/list", {}, meta=False),
+                    [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]),
+    "null_id": (_modern("tools/list", None, id=None),
+                [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]),
+    "notification": (_modern("notifications/cancelled", {"requestId": 1}, id=_NO_ID),
+                     [("mcp-method", "notifications/cancelled"), ("mcp-protocol-version", "2026-07-28")]),
+    "batch": ([_modern("tools/list", None)], [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]),
+    "not_json": (b"{not json", [("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]),
+    "sse_only_accept": (_modern("tools/list", None), [("mcp-method", "tools/list"),
+                                                      ("mcp-protocol-version", "2026-07-28"),
+                                                      ("accept", "text/event-stream")]),
+    "listen_without_sse": (_modern("subscriptions/listen", {}), [("mcp-method", "subscriptions/listen"),
+                                                                 ("mcp-protocol-version", "2026-07-28"),
+                                                                 ("accept", "application/json")]),
+}
+
+
+def _post(url: str, case: str) -> tuple[int, object]:
+    payload, extra = MODERN_CASES[case]
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    names = {k for k, _ in extra}
+    headers = [*((k, v) for k, v in JSON_HEADERS.items() if k.lower() not in names), *extra]
+    response = httpx.post(url, content=raw, headers=headers, timeout=10)
+    try:
+        body: object = response.json()
+    except ValueError:
+        body = response.text
+    return response.status_code, body
+
+
+@pytest.fixture(scope="module")
+def endpoint_and_sdk() -> Iterator[tuple[str, str]]:
+    """The same one-tool server twice: behind `MCPEndpoint`, and the SDK's own app alone."""
+    with bare_endpoint() as ours, bare_endpoint(sdk_only=True) as sdk:
+        yield ours, sdk
+
+
+@pytest.mark.parametrize("case", sorted(MODERN_CASES))
+def test_modern_request_gets_exactly_the_sdks_answer(endpoint_and_sdk: tuple[str, str], case: str) -> None:
+    ours, sdk = endpoint_and_sdk
+    status, body = _post(ours, case)
+    assert (status, body) == _post(sdk, case)
+    if case in ("call", "list", "string_id"):
+        assert status == 200 and isinstance(body, dict) and "result" in body  # the fast path answered
+
+
+def test_modern_call_is_served_without_the_sdks_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server._transport as transport
+
+    entered: list[str] = []
+    sdk_entry = transport.handle_modern_request
+
+    async def spy(*args: Any) -> None:
+        entered.append("sdk")
+        await sdk_entry(*args)
+
+    monkeypatch.setattr(transport, "handle_modern_request", spy)
+    with bare_endpoint() as url:
+        assert _post(url, "call")[0] == 200
+        assert entered == []
+        assert _post(url, "method_header_mismatch")[0] == 400
+        assert entered == ["sdk"]  # a refused rung is the SDK's to answer
