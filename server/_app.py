@@ -32,6 +32,7 @@ from tools import NotesStore, Readiness, open_store, register
 from ._guard import HostOriginGuard
 from ._logging import audit_middleware
 from ._settings import MCP_PATH, ServerSettings
+from ._telemetry import quiet_telemetry
 from ._transport import MCPEndpoint
 
 __all__ = ["create_app", "build_mcp", "ServerApp"]
@@ -52,6 +53,7 @@ def build_mcp(settings: ServerSettings, store: NotesStore) -> MCPServer:
         log_level="WARNING",  # the SDK's per-request INFO line through rich costs ~40 % throughput
         middleware=[audit_middleware()],
     )
+    quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
     register(mcp, store)
     # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
     # accept it; the server sends no log notifications, so there is nothing to filter.

@@ -235,13 +235,15 @@ class MCPEndpoint:
             return False
         if req.method == "subscriptions/listen":
             return False
-        request = Request(scope, receive)
-        headers = request.headers
-        if find_duplicated_routing_header(headers.items()) is not None:
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        if find_duplicated_routing_header(pairs) is not None:
             return False
-        verdict = classify_inbound_request(decoded, headers=dict(headers))
+        # The first value of each header, as Starlette's mapping gives it (routing headers are single now).
+        verdict = classify_inbound_request(decoded, headers=dict(reversed(pairs)))
         if isinstance(verdict, InboundLadderRejection):
             return False
+        request = Request(scope, receive)
+        headers = request.headers
         state = self._lifespan_state()
         if await _mcp_param_rejection(self._server, request, req, verdict, state) is not None:
             return False

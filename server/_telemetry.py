@@ -1,0 +1,54 @@
+"""The SDK's OpenTelemetry middleware, skipped for a request where its span could have no effect.
+
+Every ``MCPServer`` wraps each request in an OpenTelemetry span (``mcp.server._otel``). With no
+tracer provider configured, the span comes from the API's no-op tracer: nothing is recorded,
+and unless the request's ``_meta`` carries trace context (``traceparent``, ``baggage``, ...)
+it is just the span already current. Building it still costs about a tenth of a tool call.
+`QuietTelemetry` asks the SDK's own tracer which tracer a span would come from, and when that
+is the no-op tracer and the request carries none of the propagator's fields it calls the next
+handler directly; otherwise the SDK's middleware runs exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mcp.server._otel import OpenTelemetryMiddleware
+from mcp.server.mcpserver import MCPServer
+from mcp.shared import _otel as sdk_otel
+from opentelemetry import propagate
+from opentelemetry.trace import NoOpTracer
+
+__all__ = ["QuietTelemetry", "quiet_telemetry"]
+
+
+class QuietTelemetry:
+    """Wraps the SDK's ``OpenTelemetryMiddleware``; passes straight through while tracing is off."""
+
+    def __init__(self, inner: Any, tracer: Any = None) -> None:
+        self._inner = inner
+        self._tracer = tracer if tracer is not None else sdk_otel._tracer  # noqa: SLF001 (the SDK's own tracer)
+
+    def _tracing(self, meta: object) -> bool:
+        # The SDK's tracer is an API ProxyTracer: ``_tracer`` is what it would start a span with.
+        if not isinstance(getattr(self._tracer, "_tracer", None), NoOpTracer):
+            return True  # a provider is configured (or the tracer is not what we know): trace
+        if meta is None:
+            return False
+        if not isinstance(meta, Mapping):
+            return True
+        return any(field in meta for field in propagate.get_global_textmap().fields)
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        if self._tracing(ctx.meta):
+            return await self._inner(ctx, call_next)
+        return await call_next(ctx)
+
+
+def quiet_telemetry(mcp: MCPServer) -> None:
+    """Replace the SDK's OpenTelemetry middleware in ``mcp`` by `QuietTelemetry` around it."""
+    chain = mcp.middleware
+    for i, middleware in enumerate(chain):
+        if isinstance(middleware, OpenTelemetryMiddleware):
+            chain[i] = QuietTelemetry(middleware)
