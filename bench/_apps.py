@@ -26,16 +26,19 @@ from typing import Any
 RESULT_TEXT = '{"client_id":"anonymous"}'
 
 
-def _configure_audit() -> None:
-    """Audit lines formatted as in production, written to /dev/null (their cost counts, the disk does not)."""
-    from server._logging import JsonFormatter
+def _configure_audit() -> Any:
+    """Logging and the audit line as ``python -m server`` sets them up, written to /dev/null
+    (their cost counts, the disk does not)."""
+    from server._logging import AuditWriter, JsonFormatter
 
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
+    stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("audit").setLevel(logging.INFO)
+    return AuditWriter(stream, lock=handler.lock)
 
 
 def _dev_app(verifier: Any = None) -> Any:
@@ -47,8 +50,9 @@ def _dev_app(verifier: Any = None) -> Any:
     issuer = DevIssuer(base)
     env = {"MCP_NOTES_DB": str(Path(os.environ["BENCH_DIR"]) / f"notes-{os.getpid()}.db")}
     settings = dev_settings(env, base, issuer)
-    _configure_audit()
-    return create_app(settings, verifier=verifier, extra_routes=[*issuer.well_known_routes(), issuer.mount()])
+    audit = _configure_audit()
+    return create_app(settings, verifier=verifier, extra_routes=[*issuer.well_known_routes(), issuer.mount()],
+                      audit=audit)
 
 
 def ours() -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -37,6 +37,8 @@ from ._transport import MCPEndpoint
 
 __all__ = ["create_app", "build_mcp", "ServerApp"]
 
+AuditWrite = Callable[[str, Mapping[str, Any]], None]
+
 log = logging.getLogger("server")
 
 INSTRUCTIONS = (
@@ -45,13 +47,16 @@ INSTRUCTIONS = (
 )
 
 
-def build_mcp(settings: ServerSettings, store: NotesStore) -> MCPServer:
-    """The `MCPServer` with every tool registered (`auth.mcp.protect` adds the per-caller ``tools/list`` filter)."""
+def build_mcp(settings: ServerSettings, store: NotesStore, audit: AuditWrite | None = None) -> MCPServer:
+    """The `MCPServer` with every tool registered (`auth.mcp.protect` adds the per-caller ``tools/list`` filter).
+
+    ``audit`` writes the audit line (`write_audit`, through ``logging``, by default).
+    """
     mcp = MCPServer(
         "btp-notes",
         instructions=INSTRUCTIONS,
         log_level="WARNING",  # the SDK's per-request INFO line through rich costs ~40 % throughput
-        middleware=[audit_middleware()],
+        middleware=[audit_middleware(audit)],
     )
     quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
     register(mcp, store)
@@ -71,6 +76,7 @@ def create_app(
     verifier: TokenVerifier | None = None,
     extra_routes: list[BaseRoute] | None = None,
     customize: Callable[[MCPServer], None] | None = None,
+    audit: AuditWrite | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
 
@@ -80,9 +86,11 @@ def create_app(
         extra_routes: open routes served beside the MCP endpoint (the dev issuer's).
         customize: called with the `MCPServer` after the built-in tools are registered
             (tests and users add their own tools here).
+        audit: writes the per-call audit line; `write_audit` (through ``logging``) by default,
+            the `AuditWriter` from `configure_logging` when the server owns its stderr.
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
-    mcp = build_mcp(settings, store)
+    mcp = build_mcp(settings, store, audit)
     if customize is not None:
         customize(mcp)
     # The server owns its permission table, read from the tools as registered (whatever their names).

@@ -9,6 +9,7 @@ reuses one encoder and the timestamp of the current second.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,17 +17,31 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from mcp.shared.exceptions import MCPError
 
 from auth import AuthError, optional_token
 
-__all__ = ["JsonFormatter", "configure_logging", "audit_middleware", "write_audit"]
+__all__ = ["JsonFormatter", "AuditWriter", "configure_logging", "audit_middleware", "write_audit"]
 
 audit = logging.getLogger("audit")
 
 _STARTED = time.time()
+
+
+class _Stamp:
+    """The ``ts`` field's text: one ``strftime`` per second, not per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._text, self._second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
+        return f"{self._text}.{int((created - second) * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,25 +49,18 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._encode = json.JSONEncoder(default=str).encode
-        self._second = -1
-        self._stamp = ""
+        self._encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+        self._stamp = _Stamp()
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:  # one strftime per second, not per line
-            self._stamp, self._second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
+        ts = self._stamp(record.created)
+        level = record.levelname.lower()
         fields = getattr(record, "audit", None)
         if type(fields) is dict and not record.exc_info and not record.args and isinstance(record.msg, str):
-            line = _flat_line(self._stamp, record, fields)  # the audit line: no dict, no encoder set-up
+            line = _flat_json(ts, level, record.name, record.msg, fields)  # no dict, no encoder set-up
             if line is not None:
                 return line
-        entry: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        entry: dict[str, Any] = {"ts": ts, "level": level, "logger": record.name, "msg": record.getMessage()}
         if isinstance(fields, dict):
             entry.update(fields)
         if record.exc_info:
@@ -60,14 +68,44 @@ class JsonFormatter(logging.Formatter):
         return self._encode(entry)
 
 
+class AuditWriter:
+    """Write audit lines straight to ``stream`` as `JsonFormatter` renders them: one write per line.
+
+    The audit line is written on every tool call; going through `logging` (a record, the handler
+    chain, the formatter) costs several times the line itself. ``lock`` is the lock of the log
+    handler that shares the stream, so a line never interleaves with a log record.
+
+    Args:
+        stream: a text stream (the server's stderr).
+        lock: the sharing handler's lock (``handler.lock``); none when nothing else writes there.
+        clock: wall-clock seconds for ``ts``.
+    """
+
+    def __init__(self, stream: TextIO, *, lock: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self._stream = stream
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._clock = clock
+        self._stamp = _Stamp()
+        self._encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+    def __call__(self, msg: str, fields: Mapping[str, Any]) -> None:
+        ts = self._stamp(self._clock())
+        line = _flat_json(ts, "info", "audit", msg, fields)
+        if line is None:
+            line = self._encode({"ts": ts, "level": "info", "logger": "audit", "msg": msg,
+                                 **{k: v for k, v in fields.items() if k not in _RESERVED}})
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
 _RESERVED = frozenset({"ts", "level", "logger", "msg"})
 
 
-def _flat_line(stamp: str, record: logging.LogRecord, fields: dict[str, Any]) -> str | None:
-    """``JsonFormatter``'s output for a record whose fields are flat strings, numbers, booleans and
-    nulls, written directly (None for anything else, which takes the general path)."""
-    out = [f'{{"ts":"{stamp}.{int(record.msecs):03d}Z","level":"{record.levelname.lower()}","logger":',
-           _quote(record.name), ',"msg":', _quote(record.msg)]
+def _flat_json(ts: str, level: str, logger: str, msg: str, fields: Mapping[str, Any]) -> str | None:
+    """One log line as JSON when ``fields`` are flat strings, finite numbers, booleans and nulls
+    under names that do not shadow the line's own; None for anything else (the general path)."""
+    out = ['{"ts":"', ts, '","level":"', level, '","logger":', _quote(logger), ',"msg":', _quote(msg)]
     for key, value in fields.items():
         if type(key) is not str or key in _RESERVED:
             return None
@@ -119,8 +157,11 @@ def write_audit(msg: str, fields: Mapping[str, Any], logger: logging.Logger = au
     logger.handle(record)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every log record to stderr as JSON; quiet the per-request chatter of the SDK and uvicorn."""
+def configure_logging(level: str = "INFO") -> AuditWriter:
+    """Send every log record to stderr as JSON; quiet the per-request chatter of the SDK and uvicorn.
+
+    Returns the `AuditWriter` for the same stream, which the server's audit line uses.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -129,10 +170,20 @@ def configure_logging(level: str = "INFO") -> None:
     for noisy in ("mcp", "httpx", "uvicorn.access", "psycopg.pool"):  # the pool: INFO lines per call
         logging.getLogger(noisy).setLevel(logging.WARNING)
     audit.setLevel(logging.INFO)
+    return AuditWriter(sys.stderr, lock=handler.lock)
 
 
-def audit_middleware(clock: Callable[[], float] = time.perf_counter) -> Callable[..., Awaitable[Any]]:
-    """An MCP ``ServerMiddleware`` writing one audit line per ``tools/call`` that reaches the SDK."""
+def audit_middleware(
+    write: Callable[[str, Mapping[str, Any]], None] | None = None, clock: Callable[[], float] = time.perf_counter
+) -> Callable[..., Awaitable[Any]]:
+    """An MCP ``ServerMiddleware`` writing one audit line per ``tools/call`` that reaches the SDK.
+
+    Args:
+        write: takes the message and the fields; `write_audit` (through ``logging``) by default,
+            an `AuditWriter` where the server owns its stderr.
+        clock: for the duration.
+    """
+    emit = write if write is not None else write_audit
 
     async def middleware(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         if ctx.method != "tools/call":
@@ -154,7 +205,7 @@ def audit_middleware(clock: Callable[[], float] = time.perf_counter) -> Callable
             decision = "rejected"
             raise
         finally:
-            write_audit("tool call", {
+            emit("tool call", {
                 "client_id": token.client_id if token else None,
                 "tool": tool,
                 "decision": decision,

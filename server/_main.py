@@ -174,17 +174,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
                 verifier = JWTVerifier(settings.auth, client=jwks_client)
                 tls = uvicorn_tls_options(certs.server_cert, certs.server_key, certs.ca)
-            configure_logging(settings.log_level)
+            audit = configure_logging(settings.log_level)
             routes = [*issuer.well_known_routes(), issuer.mount()]
-            app = create_app(settings, verifier=verifier, extra_routes=routes)
+            app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit)
         else:
             if env.get(DEV_CLIENTS_SETTING, "").strip():
                 raise ConfigError(DEV_CLIENTS_SETTING, "is only used with --dev")
             settings = load_server_settings(env)
             tls = _tls_options(settings)
-            configure_logging(settings.log_level)
+            audit = configure_logging(settings.log_level)
             sock = _bind(settings.host, settings.port)
-            app = create_app(settings)
+            app = create_app(settings, audit=audit)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +141,74 @@ async def test_no_log_record_contains_an_access_token_or_client_secret(
         for value in (*secrets, *credentials):
             assert value not in text, f"{record.name}: {record.getMessage()[:200]}"
 
+
+
+# --- the server's own stderr: AuditWriter, straight to the stream -------------------------------
+
+class _Lock:
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self) -> None:
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _formatted(msg: str, fields: dict[str, object], created: float) -> dict[str, object]:
+    """The line `JsonFormatter` writes for this record, parsed."""
+    record = logging.getLogger("audit").makeRecord("audit", logging.INFO, __file__, 0, msg, None, None,
+                                                   extra={"audit": fields})
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    return json.loads(JsonFormatter().format(record))
+
+
+@pytest.mark.parametrize("fields", [
+    {"client_id": "dev-read", "tool": "whoami", "decision": "allowed", "duration_ms": 0.12},
+    {"client_id": None, "tool": 'quote " back \\ slash \u00e9 \n', "ok": True, "n": 3},
+    {"missing": ["api_write_access"], "status": 403},  # not flat: the general encoder
+    {"duration_ms": float("nan")},  # not finite: the general encoder (as JsonFormatter writes it)
+])
+def test_audit_writer_writes_what_the_json_formatter_renders(fields: dict[str, object]) -> None:
+    from server._logging import AuditWriter
+
+    stream, lock = io.StringIO(), _Lock()
+    created = 1_764_500_000.25
+    AuditWriter(stream, lock=lock, clock=lambda: created)("tool call", fields)
+    text = stream.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1 and lock.entered == 1
+    expected = json.dumps(_formatted("tool call", fields, created))
+    assert json.loads(text, parse_constant=str) == json.loads(expected, parse_constant=str)  # NaN == NaN here
+    assert json.loads(text)["ts"] == "2025-11-30T10:53:20.250Z"
+
+
+def test_audit_writer_does_not_let_fields_replace_the_lines_own() -> None:
+    from server._logging import AuditWriter
+
+    stream = io.StringIO()
+    AuditWriter(stream, clock=lambda: 0.0)("tool call", {"msg": "forged", "level": "error", "tool": "x"})
+    line = json.loads(stream.getvalue())
+    assert (line["msg"], line["level"], line["logger"], line["tool"]) == ("tool call", "info", "audit", "x")
+
+
+def test_server_process_writes_one_json_audit_line_per_call_to_stderr(tmp_path: Path) -> None:
+    from .test_dev_mode import dev_processes
+
+    with dev_processes(tmp_path) as (process,):
+        token = process.token("dev-read", "dev-read-secret")
+        for body in (tool_call("whoami", {}, modern=False), tool_call("list_notes", {}, modern=False)):
+            response = httpx.post(process.base_url + "/mcp", json=body, timeout=10, headers={
+                "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+                **LEGACY_HEADERS})
+            assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10
+        while process.output().count('"logger":"audit"') < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the lines are flushed per write; the file may lag the response a moment
+        output = process.output()
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    audit = [line for line in lines if line.get("logger") == "audit"]
+    assert [(a["client_id"], a["tool"], a["decision"]) for a in audit] == [
+        ("dev-read", "whoami", "allowed"), ("dev-read", "list_notes", "allowed")]
+    assert all(a["level"] == "info" and a["msg"] == "tool call" and a["ts"].endswith("Z") for a in audit)
+    assert token not in output and token.split(".")[2] not in output
