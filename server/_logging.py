@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+        self._encode = json.JSONEncoder(default=str).encode
         self._stamp = _Stamp()
 
     def format(self, record: logging.LogRecord) -> str:
@@ -86,7 +86,7 @@ class AuditWriter:
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._clock = clock
         self._stamp = _Stamp()
-        self._encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+        self._encode = json.JSONEncoder(default=str).encode
 
     def __call__(self, msg: str, fields: Mapping[str, Any]) -> None:
         ts = self._stamp(self._clock())
@@ -105,7 +105,8 @@ _RESERVED = frozenset({"ts", "level", "logger", "msg"})
 def _flat_json(ts: str, level: str, logger: str, msg: str, fields: Mapping[str, Any]) -> str | None:
     """One log line as JSON when ``fields`` are flat strings, finite numbers, booleans and nulls
     under names that do not shadow the line's own; None for anything else (the general path)."""
-    out = ['{"ts":"', ts, '","level":"', level, '","logger":', _quote(logger), ',"msg":', _quote(msg)]
+    # The separators json.dumps writes by default, so every line looks the same whichever path made it.
+    out = ['{"ts": "', ts, '", "level": "', level, '", "logger": ', _quote(logger), ', "msg": ', _quote(msg)]
     for key, value in fields.items():
         if type(key) is not str or key in _RESERVED:
             return None
@@ -120,7 +121,7 @@ def _flat_json(ts: str, level: str, logger: str, msg: str, fields: Mapping[str, 
             text = repr(value)
         else:
             return None
-        out += (",", _quote(key), ":", text)
+        out += (", ", _quote(key), ": ", text)
     out.append("}")
     return "".join(out)
 

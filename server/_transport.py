@@ -161,20 +161,19 @@ class MCPEndpoint:
             except BodyTooLarge:
                 await _reply(send, 413, b'{"error":"request_too_large"}')
                 return
-        version = content_type = None
-        accept = ""
-        for key, value in scope["headers"]:
+        version = content_type = accept = None
+        for key, value in scope["headers"]:  # the first of each, as the SDK reads them (Starlette's .get)
             if key == b"mcp-protocol-version":
-                version = value.decode("latin-1")
+                version = value.decode("latin-1") if version is None else version
             elif key == b"content-type":
-                content_type = value
+                content_type = value if content_type is None else content_type
             elif key == b"accept":
-                accept = value.decode("latin-1")
+                accept = value.decode("latin-1") if accept is None else accept
         replay = _replay(body, receive)
         plain = (
             content_type is not None
             and content_type.lower().startswith(b"application/json")
-            and check_accept_headers(_Headers(accept))[0]  # type: ignore[arg-type]
+            and check_accept_headers(_Headers(accept or ""))[0]  # type: ignore[arg-type]
         )
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # 2026-07-28 and unknown versions: one request passing every rung of the SDK's ladder

@@ -335,11 +335,41 @@ MODERN_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
     "listen_without_sse": (_modern("subscriptions/listen", {}), [("mcp-method", "subscriptions/listen"),
                                                                  ("mcp-protocol-version", "2026-07-28"),
                                                                  ("accept", "application/json")]),
+    "content_type_twice": (_modern("tools/list", None), [("mcp-method", "tools/list"),
+                                                         ("mcp-protocol-version", "2026-07-28"),
+                                                         ("content-type", "text/plain"),
+                                                         ("content-type", "application/json")]),
+}
+
+_LEGACY = [("mcp-protocol-version", "2025-11-25")]
+
+
+def _legacy(method: str, params: dict[str, Any] | None, *, id: object = 1) -> dict[str, Any]:
+    return {**_modern(method, params, id=id, meta=False), **({} if params is not None else {"params": {}})}
+
+
+LEGACY_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
+    "call": (_legacy("tools/call", {"name": "echo", "arguments": {"text": "hi"}}), _LEGACY),
+    "call_invalid_arguments": (_legacy("tools/call", {"name": "echo", "arguments": {"text": 5}}), _LEGACY),
+    "tool_raises": (_legacy("tools/call", {"name": "explode", "arguments": {}}), _LEGACY),
+    "unknown_tool": (_legacy("tools/call", {"name": "nope", "arguments": {}}), _LEGACY),
+    "list": (_legacy("tools/list", None), _LEGACY),
+    "unknown_method": (_legacy("no/such", None), _LEGACY),
+    "no_version_header": (_legacy("tools/list", None), []),
+    "notification": (_legacy("notifications/initialized", None, id=_NO_ID), _LEGACY),
+    "batch": ([_legacy("tools/list", None)], _LEGACY),
+    "not_json": (b"{not json", _LEGACY),
+    "null_id": (_legacy("tools/list", None, id=None), _LEGACY),
+    "content_type_twice": (_legacy("tools/list", None), [*_LEGACY, ("content-type", "text/plain"),
+                                                         ("content-type", "application/json")]),
+    "accept_twice": (_legacy("tools/list", None), [*_LEGACY, ("accept", "text/event-stream"),
+                                                   ("accept", "application/json, text/event-stream")]),
 }
 
 
-def _post(url: str, case: str) -> tuple[int, object]:
-    payload, extra = MODERN_CASES[case]
+def _post(url: str, case: str, cases: dict[str, tuple[object, list[tuple[str, str]]]] = MODERN_CASES,
+          ) -> tuple[int, object]:
+    payload, extra = cases[case]
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     names = {k for k, _ in extra}
     headers = [*((k, v) for k, v in JSON_HEADERS.items() if k.lower() not in names), *extra]
@@ -365,6 +395,15 @@ def test_modern_request_gets_exactly_the_sdks_answer(endpoint_and_sdk: tuple[str
     assert (status, body) == _post(sdk, case)
     if case in ("call", "list", "string_id"):
         assert status == 200 and isinstance(body, dict) and "result" in body  # the fast path answered
+
+
+@pytest.mark.parametrize("case", sorted(LEGACY_CASES))
+def test_legacy_request_gets_exactly_the_sdks_answer(endpoint_and_sdk: tuple[str, str], case: str) -> None:
+    ours, sdk = endpoint_and_sdk
+    status, body = _post(ours, case, LEGACY_CASES)
+    assert (status, body) == _post(sdk, case, LEGACY_CASES)
+    if case in ("call", "list"):
+        assert status == 200 and isinstance(body, dict) and "result" in body
 
 
 def test_modern_call_is_served_without_the_sdks_entry(monkeypatch: pytest.MonkeyPatch) -> None:
