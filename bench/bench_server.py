@@ -376,9 +376,38 @@ def _print(servers: list[str], ks: list[int], cells: dict[tuple[str, str, int, s
                           f"{_range(ratios.get((server, framing, k, app, 'floor'), [])):>20}")
     print()
     print("RSS after load (MB): " + ", ".join(f"{s}/{a} {v:.0f}" for (s, a), v in rss.items()))
+    _print_targets(servers, ks, ratios, rss)
     for key, cell in cells.items():
         if cell.errors:
             print(f"first error {key}: {cell.first_error!r}")
+
+
+TARGETS = (  # issue 11, at K=16: (framing, base, at least)
+    ("2025-11-25", "sdk", 1.5),
+    ("2026-07-28", "sdk", 1.0),
+    ("2025-11-25", "floor", 0.4),
+    ("2026-07-28", "floor", 0.4),
+)
+RSS_TARGET_MB = 120
+
+
+def _print_targets(servers: list[str], ks: list[int], ratios: dict[tuple[str, str, int, str, str], list[float]],
+                   rss: dict[tuple[str, str], float]) -> None:
+    """The issue's target table for the shipped server (or the first one run), K=16 when measured."""
+    server = SHIPPED if SHIPPED in servers else servers[0]
+    k = 16 if 16 in ks else max(ks)
+    print()
+    print(f"targets (issue 11), {server}, K={k}, medians of per-round ratios:")
+    for framing, base, bound in TARGETS:
+        values = ratios.get((server, framing, k, "ours", base), [])
+        if values:
+            ratio = statistics.median(values)
+            print(f"  ours with auth / {base:5} {framing}  {ratio:5.2f}x  target >= {bound:.1f}x  "
+                  f"{'met' if ratio >= bound else 'NOT MET'}")
+    if (server, "ours") in rss:
+        mb = rss[(server, "ours")]
+        print(f"  RSS of ours after load          {mb:5.0f} MB target <= {RSS_TARGET_MB} MB  "
+              f"{'met' if mb <= RSS_TARGET_MB else 'NOT MET'}")
 
 
 if __name__ == "__main__":

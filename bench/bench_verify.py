@@ -185,6 +185,12 @@ def main() -> None:
         ratios = [t / f for t, f in zip(times, seconds[FLOOR], strict=True)]
         spread = f"{min(ratios):.2f}–{max(ratios):.2f}"
         print(f"{name:46} {statistics.median(times) * 1e6:9.1f} {statistics.median(ratios):8.2f}  {spread:>22}")
+    print()
+    print("targets (issue 11), medians of per-round ratios to the floor:")
+    for name, label, bound in (("this project, first sight", "fresh token", 2.0),
+                               ("this project, cache hit (token seen before)", "reused token", 0.10)):
+        ratio = statistics.median(t / f for t, f in zip(seconds[name], seconds[FLOOR], strict=True))
+        print(f"  {label:14} {ratio:5.2f}x  target <= {bound:.2f}x  {'met' if ratio <= bound else 'NOT MET'}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ def test_bench_verify_runs_every_approach() -> None:
     out = _run("bench/bench_verify.py", "--tokens", "20", "--rounds", "1")
     for name in ("floor", "first sight", "cache hit", "PyJWT", "joserfc", "authlib"):
         assert name in out
+    targets = [line.split() for line in out.splitlines() if "target <=" in line]
+    assert [t[0] for t in targets] == ["fresh", "reused"], out  # the two figures, judged
+    assert all(t[-1] in ("met", "MET") for t in targets), out
 
 
 def test_bench_server_serves_every_app_in_both_framings_without_errors() -> None:
@@ -31,6 +34,8 @@ def test_bench_server_serves_every_app_in_both_framings_without_errors() -> None
     assert all(row[8] == "0" for row in rows), out  # the errors column
     assert all(float(row[4]) > 0 for row in rows), out  # req/s
     assert "RSS after load" in out
+    judged = [line for line in out.splitlines() if "target >=" in line or "target <=" in line]
+    assert len(judged) == 5 and all(line.endswith(("met", "NOT MET")) for line in judged), out
 
 
 def test_bench_scale_runs_one_to_three_instances_without_errors() -> None:
