@@ -41,15 +41,21 @@ def _configure_audit() -> Any:
     return AuditWriter(stream, lock=handler.lock)
 
 
-def _dev_app(verifier: Any = None) -> Any:
+def dev_app(verifier: Any = None, verifier_for: Any = None) -> Any:
+    """The app ``python -m server --dev`` builds, served at ``BENCH_BASE_URL``.
+
+    ``verifier`` replaces the token verifier; ``verifier_for(settings)`` builds one from the settings.
+    """
     from server._app import create_app
     from server._dev_issuer import DevIssuer
     from server._main import dev_settings
 
     base = os.environ["BENCH_BASE_URL"]
     issuer = DevIssuer(base)
-    env = {"MCP_NOTES_DB": str(Path(os.environ["BENCH_DIR"]) / f"notes-{os.getpid()}.db")}
+    env = {"MCP_NOTES_DB": str(Path(os.environ["BENCH_DIR"]) / f"notes-{os.getpid()}-{id(issuer)}.db")}
     settings = dev_settings(env, base, issuer)
+    if verifier_for is not None:
+        verifier = verifier_for(settings)
     audit = _configure_audit()
     return create_app(settings, verifier=verifier, extra_routes=[*issuer.well_known_routes(), issuer.mount()],
                       audit=audit)
@@ -57,7 +63,7 @@ def _dev_app(verifier: Any = None) -> Any:
 
 def ours() -> Any:
     """This project with auth on."""
-    return _dev_app()
+    return dev_app()
 
 
 class ConstantVerifier:
@@ -83,7 +89,7 @@ class ConstantVerifier:
 
 def noauth() -> Any:
     """This project's stack with a constant principal."""
-    return _dev_app(ConstantVerifier())
+    return dev_app(ConstantVerifier())
 
 
 def sdk() -> Any:

@@ -43,3 +43,12 @@ def test_bench_scale_runs_one_to_three_instances_without_errors() -> None:
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit() and "concurrent" not in line]
     assert [row[0] for row in rows] == ["1", "2", "3"], out
     assert all(row[2] == "0" for row in rows), out  # the errors column
+
+
+def test_bench_layers_times_every_app_and_the_sdk_dispatch_in_both_framings() -> None:
+    out = _run("bench/bench_layers.py", "--quick")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("202")}
+    assert set(rows) == {"2025-11-25", "2026-07-28"}, out
+    for cells in rows.values():
+        floor, sdk, noauth, ours, dispatch, rest = (float(c.removesuffix("µs")) for c in cells[:6])
+        assert 0 < floor and 0 < dispatch < ours and rest > 0, out  # the dispatch is a part of ours
