@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 from auth.mcp import requires
 from tests._live import running_server
@@ -219,6 +219,9 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) ->
         assert process.proc.wait(15) == 0, process.output()
 
 
+CLEANUPS: list[str] = []
+
+
 @contextlib.contextmanager
 def bare_endpoint(front: Any = None, *, sdk_only: bool = False) -> Iterator[str]:
     """An `MCPEndpoint` over a small `MCPServer`, optionally behind ``front`` (or, with ``sdk_only``,
@@ -236,6 +239,12 @@ def bare_endpoint(front: Any = None, *, sdk_only: bool = False) -> Iterator[str]
     async def explode() -> str:
         """Fails with an unexpected error."""
         raise RuntimeError("internal detail 5e1c")
+
+    @mcp.tool()
+    async def with_cleanup(ctx: Context) -> str:
+        """Registers a cleanup on its connection's exit stack (it must run after the call)."""
+        ctx.request_context.session._connection.exit_stack.callback(CLEANUPS.append, "done")
+        return "registered"
 
     sdk_app = mcp.streamable_http_app(json_response=True, stateless_http=True)
     endpoint = MCPEndpoint(mcp.session_manager, path="/mcp", fallback=sdk_app, max_body=4096)
@@ -422,3 +431,13 @@ def test_modern_call_is_served_without_the_sdks_entry(monkeypatch: pytest.Monkey
         assert entered == []
         assert _post(url, "method_header_mismatch")[0] == 400
         assert entered == ["sdk"]  # a refused rung is the SDK's to answer
+
+
+@pytest.mark.parametrize("modern", [False, True])
+def test_cleanup_a_tool_registers_runs_after_its_call(endpoint_and_sdk: tuple[str, str], modern: bool) -> None:
+    ours, _ = endpoint_and_sdk
+    CLEANUPS.clear()
+    headers = {**JSON_HEADERS, **(modern_headers("with_cleanup") if modern else LEGACY_HEADERS)}
+    response = httpx.post(ours, json=tool_call("with_cleanup", {}, modern=modern), headers=headers, timeout=10)
+    assert response.status_code == 200 and response.json()["result"]["isError"] is False, response.text
+    assert CLEANUPS == ["done"]  # the teardown skipped only when nothing was registered
