@@ -16,7 +16,14 @@ from ._permissions import expand_permissions
 from ._settings import IssuerConfig
 from ._token import VerifiedToken
 
-__all__ = ["match_issuer", "check_times", "check_claims", "extract_permissions", "PRINCIPAL_PROPAGATION"]
+__all__ = [
+    "match_issuer",
+    "check_times",
+    "check_claims",
+    "check_claims_window",
+    "extract_permissions",
+    "PRINCIPAL_PROPAGATION",
+]
 
 PRINCIPAL_PROPAGATION = "principal-propagation"
 """IAS marker for "all APIs for principal propagation": not a permission group (ias.md)."""
@@ -78,24 +85,50 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
     raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
 
 
+def _time(claims: Mapping[str, Any], name: str) -> float | None:
+    """A time claim (RFC 7519 §2 NumericDate): a plain in-range int at once, anything else the careful way."""
+    value = claims.get(name)
+    if type(value) is int and -_MAX_TIME < value < _MAX_TIME:
+        return value
+    return _number(claims, name)
+
+
+def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float | None, float, float]:
+    """Enforce ``exp`` (required), ``nbf`` and ``iat`` (RFC 7519 §4.1.4-6) in one read of each.
+
+    Returns ``exp``, ``iat`` and the wall-clock window ``[start, end)`` within which these times
+    keep the token valid (a cached verdict is reused only inside it).
+
+    Raises:
+        InvalidToken: expired, not yet valid, issued in the future, or ``exp`` missing.
+    """
+    exp = _time(claims, "exp")
+    if exp is None:
+        raise InvalidToken("exp missing")  # a token that never expires is a credential forever
+    if now >= exp + leeway:
+        raise InvalidToken("token expired")
+    start = -math.inf
+    nbf = _time(claims, "nbf")
+    if nbf is not None:
+        if now + leeway < nbf:
+            raise InvalidToken("token not yet valid (nbf)")
+        start = nbf
+    iat = _time(claims, "iat")
+    if iat is not None:
+        if now + leeway < iat:
+            raise InvalidToken("token issued in the future (iat)")
+        if iat > start:
+            start = iat
+    return exp, iat, float(start) - leeway, float(exp) + leeway
+
+
 def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
     """Enforce ``exp`` (required), ``nbf`` and ``iat`` (RFC 7519 §4.1.4-6); return ``exp``.
 
     Raises:
         InvalidToken: expired, not yet valid, issued in the future, or ``exp`` missing.
     """
-    exp = _number(claims, "exp")
-    if exp is None:
-        raise InvalidToken("exp missing")  # a token that never expires is a credential forever
-    if now >= exp + leeway:
-        raise InvalidToken("token expired")
-    nbf = _number(claims, "nbf")
-    if nbf is not None and now + leeway < nbf:
-        raise InvalidToken("token not yet valid (nbf)")
-    iat = _number(claims, "iat")
-    if iat is not None and now + leeway < iat:
-        raise InvalidToken("token issued in the future (iat)")
-    return int(exp)
+    return int(_times(claims, now, leeway)[0])
 
 
 def _string_list(value: object, name: str) -> list[str]:
@@ -169,7 +202,27 @@ def check_claims(
     Raises:
         InvalidToken: any claim fails (time, audience, subject, permission types, ``cnf``).
     """
-    exp = check_times(claims, now=now, leeway=leeway)
+    return check_claims_window(claims, config, issuer, now=now, leeway=leeway, implies=implies)[0]
+
+
+def check_claims_window(
+    claims: Mapping[str, Any],
+    config: IssuerConfig,
+    issuer: str,
+    *,
+    now: float,
+    leeway: float,
+    implies: Mapping[str, frozenset[str]] | None = None,
+) -> tuple[VerifiedToken, float, float]:
+    """`check_claims`, also returning the wall-clock window ``[start, end)`` its times allow.
+
+    One read of every claim: a verifier caching the verdict needs the window, and reading the
+    time claims again for it would repeat what was just checked.
+
+    Raises:
+        InvalidToken: any claim fails (time, audience, subject, permission types, ``cnf``).
+    """
+    exp, iat, start, end = _times(claims, now, leeway)
     aud = claims.get("aud")
     if type(aud) is str:
         audiences: tuple[str, ...] = (aud,)
@@ -190,20 +243,20 @@ def check_claims(
     if type(subject) is not str or not subject:
         raise InvalidToken("sub missing or not a string")
     permissions = extract_permissions(claims, config)
-    thumbprint = _confirmation(claims["cnf"]) if "cnf" in claims else None
-    iat = claims.get("iat")
-    return VerifiedToken(
+    profile = config.profile
+    verified = VerifiedToken(
         subject,
-        _first_string(claims, _CLIENT_CLAIMS[config.profile]) or subject,
+        _first_string(claims, _CLIENT_CLAIMS[profile]) or subject,
         issuer,
         audiences,
         expand_permissions(permissions, implies) if implies else permissions,
-        exp,
-        int(iat) if type(iat) is int or type(iat) is float else None,
-        _first_string(claims, _TENANT_CLAIMS[config.profile]),
-        thumbprint,
+        int(exp),
+        None if iat is None else int(iat),
+        _first_string(claims, _TENANT_CLAIMS[profile]),
+        _confirmation(claims["cnf"]) if "cnf" in claims else None,
         claims if type(claims) is MappingProxyType else MappingProxyType(dict(claims)),
     )
+    return verified, start, end
 
 
 def _confirmation(cnf: object) -> str | None:

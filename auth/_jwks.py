@@ -149,6 +149,7 @@ class JWKSCache:
         self.serve_until = -math.inf
         """Monotonic time after which this set no longer counts, unless refreshed (``ttl + max_stale``)."""
         self._fetched_at: float | None = None  # last successful fetch
+        self._fresh_until = -math.inf  # before this, the set is served as it is: no refresh can be due
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._failed = False
         self.refused = False  # the last attempt got a definite no (4xx)
@@ -214,7 +215,9 @@ class JWKSCache:
         case, answered without a coroutine (else `get_with_thumbprint` decides)."""
         now = self._clock()
         entry = self._keys.get(kid)
-        if entry is None or now >= self.serve_until or self._due(True, now):
+        if entry is None or now < self._fresh_until:
+            return entry
+        if now >= self.serve_until or self._due(True, now):
             return None
         return entry
 
@@ -286,6 +289,7 @@ class JWKSCache:
         self.thumbprints = frozenset(thumb for _, thumb in keys.values())
         self._fetched_at = self._attempted_at
         self.serve_until = self._attempted_at + self._ttl + self._max_stale
+        self._fresh_until = min(self._attempted_at + self._ttl, self.serve_until)
         self._failed = self.refused = False
         log.info("JWKS for %s: %d keys%s", self.issuer, len(keys), f", retired {dropped}" if dropped else "")
 
