@@ -28,25 +28,25 @@ __all__ = [
 PRINCIPAL_PROPAGATION = "principal-propagation"
 """IAS marker for "all APIs for principal propagation": not a permission group (ias.md)."""
 _NOT_PERMISSIONS = frozenset({"", PRINCIPAL_PROPAGATION})
+_ABSENT = object()
 
 # One DNS label (RFC 1123), lower case as IAS issues them: no dots, no port, no path.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAX_TIME = 2**63  # far beyond any real date; keeps int/float arithmetic exact and bounded
+_MIN_TIME = -_MAX_TIME
 # RFC 8705 §3.1: base64url of a SHA-256 digest is 43 characters, the last one canonical.
 _X5T_S256 = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 # RFC 7800 confirmation members we can check; anything else (DPoP's jkt, RFC 9449 §6) we cannot.
 _CHECKABLE_CNF = frozenset({"x5t#S256"})
 
 
-def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
+def _number(value: Any, name: str) -> float:
+    """A NumericDate (RFC 7519 §2) read carefully: a finite number in range, or `InvalidToken`."""
     kind = type(value)
     # bool is an int subclass; exact types only. NaN/Infinity cannot arrive from our JSON parser
     # but may from callers.
     if kind is int:
-        if -_MAX_TIME < value < _MAX_TIME:
+        if _MIN_TIME < value < _MAX_TIME:
             return value  # type: ignore[no-any-return]
         raise InvalidToken(f"{name} is out of range")  # JSON integers are unbounded: 10**400
     if kind is float and math.isfinite(value):
@@ -85,36 +85,35 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
     raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
 
 
-def _time(claims: Mapping[str, Any], name: str) -> float | None:
-    """A time claim (RFC 7519 §2 NumericDate): a plain in-range int at once, anything else the careful way."""
-    value = claims.get(name)
-    if type(value) is int and -_MAX_TIME < value < _MAX_TIME:
-        return value
-    return _number(claims, name)
-
-
 def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float | None, float, float]:
     """Enforce ``exp`` (required), ``nbf`` and ``iat`` (RFC 7519 §4.1.4-6) in one read of each.
 
     Returns ``exp``, ``iat`` and the wall-clock window ``[start, end)`` within which these times
-    keep the token valid (a cached verdict is reused only inside it).
+    keep the token valid (a cached verdict is reused only inside it). A plain in-range int, what
+    issuers send, is taken as it is; anything else goes through `_number`.
 
     Raises:
         InvalidToken: expired, not yet valid, issued in the future, or ``exp`` missing.
     """
-    exp = _time(claims, "exp")
-    if exp is None:
-        raise InvalidToken("exp missing")  # a token that never expires is a credential forever
+    exp = claims.get("exp")
+    if type(exp) is not int or not _MIN_TIME < exp < _MAX_TIME:
+        if exp is None:
+            raise InvalidToken("exp missing")  # a token that never expires is a credential forever
+        exp = _number(exp, "exp")
     if now >= exp + leeway:
         raise InvalidToken("token expired")
     start = -math.inf
-    nbf = _time(claims, "nbf")
+    nbf = claims.get("nbf")
     if nbf is not None:
+        if type(nbf) is not int or not _MIN_TIME < nbf < _MAX_TIME:
+            nbf = _number(nbf, "nbf")
         if now + leeway < nbf:
             raise InvalidToken("token not yet valid (nbf)")
         start = nbf
-    iat = _time(claims, "iat")
+    iat = claims.get("iat")
     if iat is not None:
+        if type(iat) is not int or not _MIN_TIME < iat < _MAX_TIME:
+            iat = _number(iat, "iat")
         if now + leeway < iat:
             raise InvalidToken("token issued in the future (iat)")
         if iat > start:
@@ -131,13 +130,27 @@ def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
     return int(_times(claims, now, leeway)[0])
 
 
-def _string_list(value: object, name: str) -> list[str]:
-    if type(value) is not list:
-        raise InvalidToken(f"{name} must be an array of strings")
+def _audience_list(value: object) -> tuple[str, ...]:
+    """An ``aud`` that is not a single string: a non-empty array of strings (RFC 7519 §4.1.3)."""
+    if value is None:
+        raise InvalidToken("aud missing")
+    audiences = tuple(_string_list(value, "aud"))
+    if not audiences:
+        raise InvalidToken("aud missing")
+    return audiences
+
+
+def _all_strings(values: list[Any]) -> bool:
     try:
-        "".join(value)  # one C-level pass that fails on any member that is not a string
+        "".join(values)  # one C-level pass that fails on any member that is not a string
     except TypeError:
-        raise InvalidToken(f"{name} must be an array of strings") from None
+        return False
+    return True
+
+
+def _string_list(value: object, name: str) -> list[str]:
+    if type(value) is not list or not _all_strings(value):
+        raise InvalidToken(f"{name} must be an array of strings")
     return value
 
 
@@ -154,10 +167,11 @@ def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> froz
         InvalidToken: the permission claim has the wrong type.
     """
     if config.profile == "ias":
-        if "ias_apis" not in claims:
+        apis = claims.get("ias_apis", _ABSENT)
+        if apis is _ABSENT:
             return frozenset()  # IAS omits the claim when nothing is granted
-        apis = frozenset(_string_list(claims["ias_apis"], "ias_apis"))
-        return apis - _NOT_PERMISSIONS if not apis.isdisjoint(_NOT_PERMISSIONS) else apis
+        names = frozenset(apis if type(apis) is list and _all_strings(apis) else _string_list(apis, "ias_apis"))
+        return names if names.isdisjoint(_NOT_PERMISSIONS) else names - _NOT_PERMISSIONS
     if config.profile == "xsuaa":
         scopes = _space_separated(claims.get("scope", []), "scope")
         if not config.xsappname:
@@ -186,6 +200,7 @@ _CLIENT_CLAIMS = {
     "generic": ("client_id", "azp", "sub"),
 }
 _TENANT_CLAIMS = {"ias": ("app_tid", "zone_uuid"), "xsuaa": ("zid",), "entra": ("tid",), "generic": ("tenant",)}
+_PRINCIPAL_CLAIMS = {profile: (_CLIENT_CLAIMS[profile], _TENANT_CLAIMS[profile]) for profile in _CLIENT_CLAIMS}
 
 
 def check_claims(
@@ -226,12 +241,10 @@ def check_claims_window(
     aud = claims.get("aud")
     if type(aud) is str:
         audiences: tuple[str, ...] = (aud,)
-    elif aud is None:
-        raise InvalidToken("aud missing")
+    elif type(aud) is list and aud and _all_strings(aud):
+        audiences = tuple(aud)
     else:
-        audiences = tuple(_string_list(aud, "aud"))
-        if not audiences:
-            raise InvalidToken("aud missing")
+        audiences = _audience_list(aud)  # raises the reason
     # RFC 7519 §4.1.3 and RFC 8707 §2: exact match of one entry, no prefix or dot tricks.
     ours = config.audiences
     for candidate in audiences:
@@ -243,16 +256,22 @@ def check_claims_window(
     if type(subject) is not str or not subject:
         raise InvalidToken("sub missing or not a string")
     permissions = extract_permissions(claims, config)
-    profile = config.profile
+    client_names, tenant_names = _PRINCIPAL_CLAIMS[config.profile]
+    client = claims.get(client_names[0])  # the usual case: the profile's first choice is there
+    if type(client) is not str or not client:
+        client = _first_string(claims, client_names) or subject
+    tenant = claims.get(tenant_names[0])
+    if type(tenant) is not str or not tenant:
+        tenant = _first_string(claims, tenant_names)
     verified = VerifiedToken(
         subject,
-        _first_string(claims, _CLIENT_CLAIMS[profile]) or subject,
+        client,
         issuer,
         audiences,
         expand_permissions(permissions, implies) if implies else permissions,
         int(exp),
         None if iat is None else int(iat),
-        _first_string(claims, _TENANT_CLAIMS[profile]),
+        tenant,
         _confirmation(claims["cnf"]) if "cnf" in claims else None,
         claims if type(claims) is MappingProxyType else MappingProxyType(dict(claims)),
     )
