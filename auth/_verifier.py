@@ -373,9 +373,9 @@ class JWTVerifier:
         verified, not_before, not_after = check_claims_window(
             claims, config, issuer, now=self._clock(), leeway=s.leeway_s, implies=s.implies
         )
-        if keys.opened_by_token:
+        if self._newcomers:  # only a token-named issuer not yet proven can join the tenants
             self._vouch(keys)
-        until = keys.recheck_at()
+        until = keys.reuse_until
         if config.profile == "ias" and config.client_id:
             until = min(until, await self._check_consumer(config, keys, claims, thumbprint))
         size = s.token_cache_size
