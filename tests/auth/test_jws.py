@@ -108,6 +108,19 @@ EC_JWKS = parse_jwks({"keys": [
 ALL_ALGS = frozenset({"RS256", "RS384", "PS256", "ES256"})
 
 
+@pytest.mark.parametrize(("kid", "usable"), [
+    ("ec-1", {"ES256"}),
+    ("ec-384", {"ES384"}),
+    ("rsa-384", {"RS384"}),
+    ("rsa-any", {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+], ids=["ec_p256_es256", "ec_p384_no_alg", "rsa_rs384", "rsa_no_alg"])
+def test_each_key_may_verify_exactly_the_algorithms_its_type_curve_and_alg_allow(kid: str, usable: set[str]) -> None:
+    key = EC_JWKS[kid]
+    assert key.usable == usable
+    assert {alg for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                            "HS256", "none", "EdDSA") if key.fits(alg)} == usable
+
+
 @pytest.mark.parametrize(("alg", "kid", "signer"), [
     ("RS256", "ec-1", KEY),          # EC key cannot verify RSA
     ("ES256", "rsa-any", EC_KEY),    # RSA key cannot verify ECDSA
