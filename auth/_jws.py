@@ -95,15 +95,17 @@ class PublicJWK:
 # binascii's strict C decoder. '+', '/' and '=' are mapped to a byte strict mode refuses, so only
 # the URL-safe alphabet gets through; whitespace and anything else is refused by strict mode too.
 _TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
-_PAD = (b"", None, b"==", b"=")
 # Canonical form (one token, one spelling): the unused low bits of the last character must be
 # zero, i.e. a 2-character tail ends in a multiple of 16, a 3-character tail in a multiple of 4.
-_CANONICAL_LAST = (
+# By length modulo 4: the padding to add and the last characters allowed (one character left over
+# cannot be base64 at all).
+_TAILS: tuple[tuple[bytes, frozenset[int]] | None, ...] = (
+    (b"", frozenset()),
     None,
-    None,
-    frozenset(b"AQgw"),
-    frozenset(b"AEIMQUYcgkosw048"),
+    (b"==", frozenset(b"AQgw")),
+    (b"=", frozenset(b"AEIMQUYcgkosw048")),
 )
+_a2b = binascii.a2b_base64
 
 
 def b64url_decode(segment: bytes, what: str = "segment") -> bytes:
@@ -113,14 +115,14 @@ def b64url_decode(segment: bytes, what: str = "segment") -> bytes:
         InvalidToken: padding, characters outside the URL-safe alphabet, an impossible length,
             or non-zero trailing bits (a second spelling of the same bytes).
     """
-    rem = len(segment) % 4
-    pad = _PAD[rem]
-    if pad is None:
+    tail = _TAILS[len(segment) & 3]
+    if tail is None:
         raise InvalidToken(f"{what} is not base64url")
-    if rem and segment[-1] not in _CANONICAL_LAST[rem]:  # type: ignore[operator]
+    pad, last = tail
+    if pad and segment[-1] not in last:
         raise InvalidToken(f"{what} is not canonical base64url")
     try:
-        return binascii.a2b_base64(segment.translate(_TO_STANDARD) + pad, strict_mode=True)
+        return _a2b(segment.translate(_TO_STANDARD) + pad, strict_mode=True)
     except binascii.Error as exc:
         raise InvalidToken(f"{what} is not base64url") from exc
 

@@ -342,16 +342,17 @@ class JWTVerifier:
             KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault), or
                 too many new token-named issuers were asked for at once.
         """
-        hit = self._cache.get(token)
+        cache = self._cache
+        hit = cache.get(token)
         if hit is not None:
             now = self._clock()
             verified, keys, thumbprint, not_before, not_after, until = hit
             # A hit costs the lookup and these checks: times, key material still served, answers still fresh.
             if not_before <= now < not_after and thumbprint in keys.thumbprints and self._monotonic() < until:
-                self._cache.move_to_end(token)
+                cache.move_to_end(token)
                 self.cache_hits += 1
                 return verified
-            del self._cache[token]
+            del cache[token]
             if not not_before <= now < not_after:
                 check_times(verified.claims, now=now, leeway=self._settings.leeway_s)  # raises the reason
             # otherwise: key retired, or keys/IAS answer due for a look: verify afresh
@@ -380,7 +381,6 @@ class JWTVerifier:
             until = min(until, await self._check_consumer(config, keys, claims, thumbprint))
         size = s.token_cache_size
         if size > 0:
-            cache = self._cache
             cache[token] = (verified, keys, thumbprint, not_before, not_after, until)
             if len(cache) > size:
                 cache.popitem(last=False)
