@@ -249,8 +249,9 @@ def check_claims_window(
         and now < exp + leeway and iat <= now + leeway
     ):  # the usual token, plain ints and no nbf: exactly what _times accepts, without building its answer
         start, end = float(iat) - leeway, float(exp) + leeway
-    else:
-        exp, iat, start, end = _times(claims, now, leeway)  # every other case, and the reason for a refusal
+    else:  # every other case, and the reason for a refusal
+        exp_checked, iat_checked, start, end = _times(claims, now, leeway)
+        exp, iat = int(exp_checked), None if iat_checked is None else int(iat_checked)
     aud = get("aud")
     if type(aud) is str:
         audiences: tuple[str, ...] = (aud,)
@@ -287,8 +288,8 @@ def check_claims_window(
         issuer,
         audiences,
         expand_permissions(permissions, implies) if implies else permissions,
-        exp if type(exp) is int else int(exp),
-        iat if iat is None or type(iat) is int else int(iat),
+        exp,
+        iat,
         tenant,
         _confirmation(claims["cnf"]) if "cnf" in claims else None,
         claims if type(claims) is MappingProxyType else MappingProxyType(dict(claims)),
