@@ -250,6 +250,45 @@ def test_b64url_decode_round_trips_every_length() -> None:
         assert b64url_decode(b64(data).encode()) == data
 
 
+# --- payload JSON: one parse in C for compact text, repeated names refused however they are written -----
+
+@pytest.mark.parametrize("text", [
+    '{"a":1,"a":2}',                                  # compact: the C parse alone would keep the last
+    '{"a":1,"b":2,"a":1}',
+    '{"":1,"":1}',
+    '{"a":1, "a":2}',                                 # whitespace between members
+    '{"a" :1,"a":2}',                                 # whitespace between a name and its colon
+    '{"a":1,"a"\n:2}',
+    '{"a":{"b":1,"b":2}}',                            # repeated inside a nested object
+    '{"a":[{"b":1,"b":2}]}',                          # ...inside an array
+    '{"a":{"b":1},"a":{"b":1}}',
+    '{"a":":","a":2}',                                # a value that starts with a colon
+    '{"x":"\\":","x":1}',                           # an escaped quote before a colon
+    '{"a\\u0022":1,"a\\u0022":2}',                 # the same name spelled with an escape
+    '{"a":1,"\\u0061":2}',                           # ...or with and without one
+], ids=["compact", "three_members", "empty_name", "space_between_members", "space_before_colon",
+        "newline_before_colon", "nested_object", "object_in_array", "repeated_objects", "colon_value",
+        "escaped_quote", "escaped_names", "escaped_and_plain_name"])
+def test_payload_with_a_member_name_twice_is_refused_however_written(text: str) -> None:
+    with pytest.raises(InvalidToken, match="duplicate"):
+        parse_jws(compact(CTX.header(), text), algorithms=RS256)
+
+
+@pytest.mark.parametrize(("text", "claims"), [
+    ('{"a":1,"b":"x"}', {"a": 1, "b": "x"}),
+    ('{"a":":","b":"\\":"}', {"a": ":", "b": '":'}),   # colons and quotes in values are no members
+    ('{"a":{"b":1},"c":[{"b":2}]}', {"a": {"b": 1}, "c": [{"b": 2}]}),  # same name in different objects
+    ('{ "a" : 1 , "b" : [ 1 , 2 ] }', {"a": 1, "b": [1, 2]}),
+    ('\n{"a":"x y"}\t', {"a": "x y"}),
+    ('{"a":{},"b":[]}', {"a": {}, "b": []}),
+], ids=["compact", "colons_in_values", "nested_same_name", "spaced", "surrounding_space", "empty_nested"])
+def test_payload_with_distinct_names_parses_to_the_same_claims_however_written(
+        text: str, claims: dict[str, Any]) -> None:
+    parsed = parse_jws(compact(CTX.header(), text), algorithms=RS256)
+    assert dict(parsed.claims) == claims
+    assert list(parsed.claims) == list(claims)
+
+
 # --- a verifier's header memo changes no verdict ---------------------------------------------------
 
 
