@@ -16,30 +16,37 @@ from ._permissions import expand_permissions
 from ._settings import IssuerConfig
 from ._token import VerifiedToken
 
-__all__ = ["match_issuer", "check_times", "check_claims", "extract_permissions", "PRINCIPAL_PROPAGATION"]
+__all__ = [
+    "match_issuer",
+    "check_times",
+    "check_claims",
+    "check_claims_window",
+    "extract_permissions",
+    "PRINCIPAL_PROPAGATION",
+]
 
 PRINCIPAL_PROPAGATION = "principal-propagation"
 """IAS marker for "all APIs for principal propagation": not a permission group (ias.md)."""
 _NOT_PERMISSIONS = frozenset({"", PRINCIPAL_PROPAGATION})
+_ABSENT = object()
 
 # One DNS label (RFC 1123), lower case as IAS issues them: no dots, no port, no path.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAX_TIME = 2**63  # far beyond any real date; keeps int/float arithmetic exact and bounded
+_MIN_TIME = -_MAX_TIME
 # RFC 8705 §3.1: base64url of a SHA-256 digest is 43 characters, the last one canonical.
 _X5T_S256 = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 # RFC 7800 confirmation members we can check; anything else (DPoP's jkt, RFC 9449 §6) we cannot.
 _CHECKABLE_CNF = frozenset({"x5t#S256"})
 
 
-def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
+def _number(value: Any, name: str) -> float:
+    """A NumericDate (RFC 7519 §2) read carefully: a finite number in range, or `InvalidToken`."""
     kind = type(value)
     # bool is an int subclass; exact types only. NaN/Infinity cannot arrive from our JSON parser
     # but may from callers.
     if kind is int:
-        if -_MAX_TIME < value < _MAX_TIME:
+        if _MIN_TIME < value < _MAX_TIME:
             return value  # type: ignore[no-any-return]
         raise InvalidToken(f"{name} is out of range")  # JSON integers are unbounded: 10**400
     if kind is float and math.isfinite(value):
@@ -78,33 +85,72 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
     raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
 
 
+def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float | None, float, float]:
+    """Enforce ``exp`` (required), ``nbf`` and ``iat`` (RFC 7519 §4.1.4-6) in one read of each.
+
+    Returns ``exp``, ``iat`` and the wall-clock window ``[start, end)`` within which these times
+    keep the token valid (a cached verdict is reused only inside it). A plain in-range int, what
+    issuers send, is taken as it is; anything else goes through `_number`.
+
+    Raises:
+        InvalidToken: expired, not yet valid, issued in the future, or ``exp`` missing.
+    """
+    exp = claims.get("exp")
+    if type(exp) is not int or not _MIN_TIME < exp < _MAX_TIME:
+        if exp is None:
+            raise InvalidToken("exp missing")  # a token that never expires is a credential forever
+        exp = _number(exp, "exp")
+    if now >= exp + leeway:
+        raise InvalidToken("token expired")
+    start = -math.inf
+    nbf = claims.get("nbf")
+    if nbf is not None:
+        if type(nbf) is not int or not _MIN_TIME < nbf < _MAX_TIME:
+            nbf = _number(nbf, "nbf")
+        if now + leeway < nbf:
+            raise InvalidToken("token not yet valid (nbf)")
+        start = nbf
+    iat = claims.get("iat")
+    if iat is not None:
+        if type(iat) is not int or not _MIN_TIME < iat < _MAX_TIME:
+            iat = _number(iat, "iat")
+        if now + leeway < iat:
+            raise InvalidToken("token issued in the future (iat)")
+        if iat > start:
+            start = iat
+    return exp, iat, float(start) - leeway, float(exp) + leeway
+
+
 def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
     """Enforce ``exp`` (required), ``nbf`` and ``iat`` (RFC 7519 §4.1.4-6); return ``exp``.
 
     Raises:
         InvalidToken: expired, not yet valid, issued in the future, or ``exp`` missing.
     """
-    exp = _number(claims, "exp")
-    if exp is None:
-        raise InvalidToken("exp missing")  # a token that never expires is a credential forever
-    if now >= exp + leeway:
-        raise InvalidToken("token expired")
-    nbf = _number(claims, "nbf")
-    if nbf is not None and now + leeway < nbf:
-        raise InvalidToken("token not yet valid (nbf)")
-    iat = _number(claims, "iat")
-    if iat is not None and now + leeway < iat:
-        raise InvalidToken("token issued in the future (iat)")
-    return int(exp)
+    return int(_times(claims, now, leeway)[0])
+
+
+def _audience_list(value: object) -> tuple[str, ...]:
+    """An ``aud`` that is not a single string: a non-empty array of strings (RFC 7519 §4.1.3)."""
+    if value is None:
+        raise InvalidToken("aud missing")
+    audiences = tuple(_string_list(value, "aud"))
+    if not audiences:
+        raise InvalidToken("aud missing")
+    return audiences
+
+
+def _all_strings(values: list[Any]) -> bool:
+    try:
+        "".join(values)  # one C-level pass that fails on any member that is not a string
+    except TypeError:
+        return False
+    return True
 
 
 def _string_list(value: object, name: str) -> list[str]:
-    if type(value) is not list:
+    if type(value) is not list or not _all_strings(value):
         raise InvalidToken(f"{name} must be an array of strings")
-    try:
-        "".join(value)  # one C-level pass that fails on any member that is not a string
-    except TypeError:
-        raise InvalidToken(f"{name} must be an array of strings") from None
     return value
 
 
@@ -114,6 +160,11 @@ def _space_separated(value: object, name: str) -> list[str]:
     return _string_list(value, name)
 
 
+def _ias_permissions(apis: frozenset[str]) -> frozenset[str]:
+    """IAS permission groups (``ias_apis``), without the markers that are not permissions (ias.md)."""
+    return apis if apis.isdisjoint(_NOT_PERMISSIONS) else apis - _NOT_PERMISSIONS
+
+
 def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> frozenset[str]:
     """Permissions the issuer granted, read the way its profile writes them.
 
@@ -121,10 +172,10 @@ def extract_permissions(claims: Mapping[str, Any], config: IssuerConfig) -> froz
         InvalidToken: the permission claim has the wrong type.
     """
     if config.profile == "ias":
-        if "ias_apis" not in claims:
+        apis = claims.get("ias_apis", _ABSENT)
+        if apis is _ABSENT:
             return frozenset()  # IAS omits the claim when nothing is granted
-        apis = frozenset(_string_list(claims["ias_apis"], "ias_apis"))
-        return apis - _NOT_PERMISSIONS if not apis.isdisjoint(_NOT_PERMISSIONS) else apis
+        return _ias_permissions(frozenset(_string_list(apis, "ias_apis")))
     if config.profile == "xsuaa":
         scopes = _space_separated(claims.get("scope", []), "scope")
         if not config.xsappname:
@@ -153,6 +204,7 @@ _CLIENT_CLAIMS = {
     "generic": ("client_id", "azp", "sub"),
 }
 _TENANT_CLAIMS = {"ias": ("app_tid", "zone_uuid"), "xsuaa": ("zid",), "entra": ("tid",), "generic": ("tenant",)}
+_PRINCIPAL_CLAIMS = {profile: (_CLIENT_CLAIMS[profile], _TENANT_CLAIMS[profile]) for profile in _CLIENT_CLAIMS}
 
 
 def check_claims(
@@ -169,16 +221,44 @@ def check_claims(
     Raises:
         InvalidToken: any claim fails (time, audience, subject, permission types, ``cnf``).
     """
-    exp = check_times(claims, now=now, leeway=leeway)
-    aud = claims.get("aud")
+    return check_claims_window(claims, config, issuer, now=now, leeway=leeway, implies=implies)[0]
+
+
+def check_claims_window(
+    claims: Mapping[str, Any],
+    config: IssuerConfig,
+    issuer: str,
+    *,
+    now: float,
+    leeway: float,
+    implies: Mapping[str, frozenset[str]] | None = None,
+) -> tuple[VerifiedToken, float, float]:
+    """`check_claims`, also returning the wall-clock window ``[start, end)`` its times allow.
+
+    One read of every claim: a verifier caching the verdict needs the window, and reading the
+    time claims again for it would repeat what was just checked.
+
+    Raises:
+        InvalidToken: any claim fails (time, audience, subject, permission types, ``cnf``).
+    """
+    get = claims.get
+    exp, nbf, iat = get("exp"), get("nbf"), get("iat")
+    if (
+        type(exp) is int and type(iat) is int and nbf is None
+        and _MIN_TIME < exp < _MAX_TIME and _MIN_TIME < iat < _MAX_TIME
+        and now < exp + leeway and iat <= now + leeway
+    ):  # the usual token, plain ints and no nbf: exactly what _times accepts, without building its answer
+        start, end = float(iat) - leeway, float(exp) + leeway
+    else:  # every other case, and the reason for a refusal
+        exp_checked, iat_checked, start, end = _times(claims, now, leeway)
+        exp, iat = int(exp_checked), None if iat_checked is None else int(iat_checked)
+    aud = get("aud")
     if type(aud) is str:
         audiences: tuple[str, ...] = (aud,)
-    elif aud is None:
-        raise InvalidToken("aud missing")
+    elif type(aud) is list and aud and _all_strings(aud):
+        audiences = tuple(aud)
     else:
-        audiences = tuple(_string_list(aud, "aud"))
-        if not audiences:
-            raise InvalidToken("aud missing")
+        audiences = _audience_list(aud)  # raises the reason
     # RFC 7519 §4.1.3 and RFC 8707 §2: exact match of one entry, no prefix or dot tricks.
     ours = config.audiences
     for candidate in audiences:
@@ -186,24 +266,35 @@ def check_claims(
             break
     else:
         raise InvalidToken(f"audience {list(audiences)!r} is not ours")
-    subject = claims.get("sub")
+    subject = get("sub")
     if type(subject) is not str or not subject:
         raise InvalidToken("sub missing or not a string")
-    permissions = extract_permissions(claims, config)
-    thumbprint = _confirmation(claims["cnf"]) if "cnf" in claims else None
-    iat = claims.get("iat")
-    return VerifiedToken(
+    profile = config.profile
+    apis = get("ias_apis")
+    if profile == "ias" and type(apis) is list and _all_strings(apis):
+        permissions = _ias_permissions(frozenset(apis))  # the usual IAS token, read once
+    else:
+        permissions = extract_permissions(claims, config)
+    client_names, tenant_names = _PRINCIPAL_CLAIMS[profile]
+    client = get(client_names[0])  # the usual case: the profile's first choice is there
+    if type(client) is not str or not client:
+        client = _first_string(claims, client_names) or subject
+    tenant = get(tenant_names[0])
+    if type(tenant) is not str or not tenant:
+        tenant = _first_string(claims, tenant_names)
+    verified = VerifiedToken(
         subject,
-        _first_string(claims, _CLIENT_CLAIMS[config.profile]) or subject,
+        client,
         issuer,
         audiences,
         expand_permissions(permissions, implies) if implies else permissions,
         exp,
-        int(iat) if type(iat) is int or type(iat) is float else None,
-        _first_string(claims, _TENANT_CLAIMS[config.profile]),
-        thumbprint,
+        iat,
+        tenant,
+        _confirmation(claims["cnf"]) if "cnf" in claims else None,
         claims if type(claims) is MappingProxyType else MappingProxyType(dict(claims)),
     )
+    return verified, start, end
 
 
 def _confirmation(cnf: object) -> str | None:

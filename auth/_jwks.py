@@ -149,6 +149,9 @@ class JWKSCache:
         self.serve_until = -math.inf
         """Monotonic time after which this set no longer counts, unless refreshed (``ttl + max_stale``)."""
         self._fetched_at: float | None = None  # last successful fetch
+        self._fresh_until = -math.inf  # before this, the set is served as it is: no refresh can be due
+        self.reuse_until = -math.inf
+        """`recheck_at`, kept current by every fetch (the only thing that changes it)."""
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._failed = False
         self.refused = False  # the last attempt got a definite no (4xx)
@@ -196,6 +199,9 @@ class JWKSCache:
         The end of freshness; while refreshes fail, the next moment one may be attempted (capped
         by the end of stale serving), so revocations are noticed as soon as the issuer answers.
         """
+        return self.reuse_until
+
+    def _compute_reuse_until(self) -> float:
         if self._fetched_at is None:
             return -math.inf
         fresh_until = self._fetched_at + self._ttl
@@ -214,7 +220,9 @@ class JWKSCache:
         case, answered without a coroutine (else `get_with_thumbprint` decides)."""
         now = self._clock()
         entry = self._keys.get(kid)
-        if entry is None or now >= self.serve_until or self._due(True, now):
+        if entry is None or now < self._fresh_until:
+            return entry
+        if now >= self.serve_until or self._due(True, now):
             return None
         return entry
 
@@ -269,6 +277,7 @@ class JWKSCache:
     async def _refresh(self) -> None:
         self.fetches += 1
         self._attempted_at = self._clock()
+        self.reuse_until = self._compute_reuse_until()
         try:
             async with asyncio.timeout(self._deadline):  # total: a dripping server cannot hold us
                 uri = self._jwks_uri or await self._discover()
@@ -280,13 +289,16 @@ class JWKSCache:
             reason = str(exc) or f"no answer within {self._deadline:g}s"
             stale = "serving the keys in hand" if self.has_keys else "no keys in hand"
             log.warning("JWKS fetch for %s failed (%s); %s", self.issuer, reason, stale)
+            self.reuse_until = self._compute_reuse_until()
             return
         dropped = sorted(kid for kid, (_, thumb) in self._keys.items() if keys.get(kid, (None, b""))[1] != thumb)
         self._keys = keys
         self.thumbprints = frozenset(thumb for _, thumb in keys.values())
         self._fetched_at = self._attempted_at
         self.serve_until = self._attempted_at + self._ttl + self._max_stale
+        self._fresh_until = min(self._attempted_at + self._ttl, self.serve_until)
         self._failed = self.refused = False
+        self.reuse_until = self._compute_reuse_until()
         log.info("JWKS for %s: %d keys%s", self.issuer, len(keys), f", retired {dropped}" if dropped else "")
 
     async def _discover(self) -> str:

@@ -12,7 +12,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
@@ -73,29 +73,39 @@ class PublicJWK:
     alg: str | None
     key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     curve: str | None = None
+    usable: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The algorithms this key may verify, decided once from its type, curve and ``alg``."""
 
-    def fits(self, alg: str) -> bool:
-        """Whether this key may verify ``alg`` (RFC 8725 §3.1: the key decides, not the token)."""
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "usable", frozenset(a for a in SUPPORTED_ALGORITHMS if self._decide(a)))
+
+    def _decide(self, alg: str) -> bool:
         if self.alg is not None and self.alg != alg:
             return False
         if _KTY_FOR_ALG.get(alg) != self.kty:
             return False
         return self.kty != "EC" or _EC_CURVES[alg][0] == self.curve
 
+    def fits(self, alg: str) -> bool:
+        """Whether this key may verify ``alg`` (RFC 8725 §3.1: the key decides, not the token)."""
+        return alg in self.usable
+
 
 # RFC 7515 §2 base64url without padding, decoded by translating to the standard alphabet for
 # binascii's strict C decoder. '+', '/' and '=' are mapped to a byte strict mode refuses, so only
 # the URL-safe alphabet gets through; whitespace and anything else is refused by strict mode too.
 _TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
-_PAD = (b"", None, b"==", b"=")
 # Canonical form (one token, one spelling): the unused low bits of the last character must be
 # zero, i.e. a 2-character tail ends in a multiple of 16, a 3-character tail in a multiple of 4.
-_CANONICAL_LAST = (
+# By length modulo 4: the padding to add and the last characters allowed (one character left over
+# cannot be base64 at all).
+_TAILS: tuple[tuple[bytes, frozenset[int]] | None, ...] = (
+    (b"", frozenset()),
     None,
-    None,
-    frozenset(b"AQgw"),
-    frozenset(b"AEIMQUYcgkosw048"),
+    (b"==", frozenset(b"AQgw")),
+    (b"=", frozenset(b"AEIMQUYcgkosw048")),
 )
+_a2b = binascii.a2b_base64
 
 
 def b64url_decode(segment: bytes, what: str = "segment") -> bytes:
@@ -105,14 +115,14 @@ def b64url_decode(segment: bytes, what: str = "segment") -> bytes:
         InvalidToken: padding, characters outside the URL-safe alphabet, an impossible length,
             or non-zero trailing bits (a second spelling of the same bytes).
     """
-    rem = len(segment) % 4
-    pad = _PAD[rem]
-    if pad is None:
+    tail = _TAILS[len(segment) & 3]
+    if tail is None:
         raise InvalidToken(f"{what} is not base64url")
-    if rem and segment[-1] not in _CANONICAL_LAST[rem]:  # type: ignore[operator]
+    pad, last = tail
+    if pad and segment[-1] not in last:
         raise InvalidToken(f"{what} is not canonical base64url")
     try:
-        return binascii.a2b_base64(segment.translate(_TO_STANDARD) + pad, strict_mode=True)
+        return _a2b(segment.translate(_TO_STANDARD) + pad, strict_mode=True)
     except binascii.Error as exc:
         raise InvalidToken(f"{what} is not base64url") from exc
 
@@ -223,8 +233,9 @@ def parse_jws(
     signature = b64url_decode(s64, "signature")
     if not signature:
         raise InvalidToken("empty signature")
-    signing_input = raw[: len(h64) + 1 + len(p64)]
-    return ParsedJWS(alg, kid, header, MappingProxyType(claims), signing_input, signature)
+    frozen: Mapping[str, Any] = MappingProxyType(claims)
+    # tuple.__new__ builds the named tuple in C (the generated __new__ is a Python frame).
+    return tuple.__new__(ParsedJWS, (alg, kid, header, frozen, raw[: len(h64) + 1 + len(p64)], signature))
 
 
 # Padding and hash objects are immutable descriptors: build them once per algorithm, not per token.
@@ -243,12 +254,13 @@ def verify_signature(jws: ParsedJWS, key: PublicJWK) -> None:
         InvalidToken: the key does not fit the algorithm or the signature is wrong.
     """
     alg = jws.alg
-    if not key.fits(alg):
+    if alg not in key.usable:
         raise InvalidToken(f"key {key.kid!r} ({key.kty}) does not fit {alg}")
     try:
         scheme = _RSA_SCHEMES.get(alg)
-        if scheme is not None:  # fits() made sure the key is RSA
-            cast(rsa.RSAPublicKey, key.key).verify(jws.signature, jws.signing_input, scheme[0], scheme[1])
+        if scheme is not None:
+            rsa_key: Any = key.key  # an RSA key: `usable` bound the key type to the algorithm
+            rsa_key.verify(jws.signature, jws.signing_input, scheme[0], scheme[1])
             return
         public = cast(ec.EllipticCurvePublicKey, key.key)
         ecdsa, size = _ECDSA[alg]

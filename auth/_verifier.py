@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
-from ._claims import check_claims, check_times, match_issuer
+from ._claims import check_claims_window, check_times, match_issuer
 from ._errors import InvalidToken, KeysUnavailable
 from ._http import key_fetch_client
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
@@ -122,16 +122,6 @@ class TokenVerifier(Protocol):
 # wall-clock window its times allow, and the monotonic time until which keys and IAS's answer
 # may be taken as they were.
 _Hit = tuple[VerifiedToken, JWKSCache, bytes, float, float, float]
-
-
-def _window(claims: Mapping[str, Any], leeway: float) -> tuple[float, float]:
-    # Exactly the window check_times accepts (claims already passed it, so numbers are finite).
-    start = -math.inf
-    for name in ("nbf", "iat"):
-        value = claims.get(name)
-        if value is not None and value.__class__ is not bool and value > start:
-            start = value
-    return float(start) - leeway, float(claims["exp"]) + leeway
 
 
 class JWTVerifier:
@@ -352,41 +342,46 @@ class JWTVerifier:
             KeysUnavailable: the issuer's keys cannot be had (503, not the client's fault), or
                 too many new token-named issuers were asked for at once.
         """
-        hit = self._cache.get(token)
+        cache = self._cache
+        hit = cache.get(token)
         if hit is not None:
             now = self._clock()
             verified, keys, thumbprint, not_before, not_after, until = hit
             # A hit costs the lookup and these checks: times, key material still served, answers still fresh.
             if not_before <= now < not_after and thumbprint in keys.thumbprints and self._monotonic() < until:
-                self._cache.move_to_end(token)
+                cache.move_to_end(token)
                 self.cache_hits += 1
                 return verified
-            del self._cache[token]
+            del cache[token]
             if not not_before <= now < not_after:
                 check_times(verified.claims, now=now, leeway=self._settings.leeway_s)  # raises the reason
             # otherwise: key retired, or keys/IAS answer due for a look: verify afresh
 
         s = self._settings
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes, header_memo=self._headers)
-        config, issuer = match_issuer(jws.claims, s.issuers)
-        keys = self._key_set(config, issuer)
-        key, thumbprint = keys.in_hand(jws.kid) or await keys.get_with_thumbprint(jws.kid)
+        claims = jws.claims
+        config, issuer = match_issuer(claims, s.issuers)
+        keys = self._issuers.get(issuer) or self._key_set(config, issuer)
+        kid = jws.kid
+        key, thumbprint = keys.in_hand(kid) or await keys.get_with_thumbprint(kid)
         try:
             verify_signature(jws, key)
         except InvalidToken:
-            if not await keys.replaced(jws.kid, thumbprint):  # new material behind the same kid?
+            if not await keys.replaced(kid, thumbprint):  # new material behind the same kid?
                 raise
-            key, thumbprint = await keys.get_with_thumbprint(jws.kid)
+            key, thumbprint = await keys.get_with_thumbprint(kid)
             verify_signature(jws, key)
-        verified = check_claims(jws.claims, config, issuer, now=self._clock(), leeway=s.leeway_s, implies=s.implies)
-        self._vouch(keys)
-        until = keys.recheck_at()
+        verified, not_before, not_after = check_claims_window(
+            claims, config, issuer, now=self._clock(), leeway=s.leeway_s, implies=s.implies
+        )
+        if self._newcomers:  # only a token-named issuer not yet proven can join the tenants
+            self._vouch(keys)
+        until = keys.reuse_until
         if config.profile == "ias" and config.client_id:
-            until = min(until, await self._check_consumer(config, keys, jws.claims, thumbprint))
-        if s.token_cache_size > 0:
-            not_before, not_after = _window(jws.claims, s.leeway_s)
-            self._cache[token] = (verified, keys, thumbprint, not_before, not_after, until)
-            if len(self._cache) > s.token_cache_size:
-                self._cache.popitem(last=False)
+            until = min(until, await self._check_consumer(config, keys, claims, thumbprint))
+        size = s.token_cache_size
+        if size > 0:
+            cache[token] = (verified, keys, thumbprint, not_before, not_after, until)
+            if len(cache) > size:
+                cache.popitem(last=False)
         return verified
-

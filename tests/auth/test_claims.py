@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from auth import InvalidToken, IssuerConfig
-from auth._claims import check_claims, check_times, extract_permissions, match_issuer
+from auth._claims import check_claims, check_claims_window, check_times, extract_permissions, match_issuer
 from auth._jws import parse_jwks, parse_jws, verify_signature
 from auth._permissions import expand_permissions
 
@@ -143,6 +143,47 @@ def test_zero_leeway_rejects_a_token_at_its_expiry_second() -> None:
     with pytest.raises(InvalidToken):
         check_times({"exp": NOW}, now=NOW, leeway=0)
     assert check_times({"exp": NOW + 1}, now=NOW, leeway=0) == NOW + 1
+
+
+@pytest.mark.parametrize(("times", "window"), [
+    ({"exp": NOW + 3600}, (-math.inf, NOW + 3600 + LEEWAY)),
+    ({"exp": NOW + 3600, "iat": NOW - 5}, (NOW - 5 - LEEWAY, NOW + 3600 + LEEWAY)),
+    ({"exp": NOW + 3600, "iat": NOW - 5, "nbf": NOW + 30}, (NOW + 30 - LEEWAY, NOW + 3600 + LEEWAY)),
+    ({"exp": NOW + 3600.5, "nbf": NOW - 7.25, "iat": NOW - 9}, (NOW - 7.25 - LEEWAY, NOW + 3600.5 + LEEWAY)),
+], ids=["exp_only", "iat_starts", "later_nbf_starts", "float_times"])
+def test_claims_window_is_exactly_the_span_the_time_claims_allow(times: dict[str, Any],
+                                                                 window: tuple[float, float]) -> None:
+    claims = {k: v for k, v in CTX.claims().items() if k not in ("exp", "iat", "nbf")} | times
+    config, issuer = match_issuer(claims, ISSUERS)
+    token, start, end = check_claims_window(claims, config, issuer, now=NOW, leeway=LEEWAY)
+    assert (start, end) == window
+    assert token == check_claims(claims, config, issuer, now=NOW, leeway=LEEWAY)
+    assert token.expires_at == int(times["exp"])
+    assert token.issued_at == (int(times["iat"]) if "iat" in times else None)
+    for now in (max(start, NOW - 10**6), end - 1):  # inside the window the same claims verify again...
+        check_times(claims, now=now, leeway=LEEWAY)
+    for now in [end] + ([start - 1] if start > -math.inf else []):  # ...and just outside it they do not
+        with pytest.raises(InvalidToken):
+            check_times(claims, now=now, leeway=LEEWAY)
+
+
+@pytest.mark.parametrize("value", [True, False, 2**63, -(2**63), 10**400, math.nan, math.inf, "1", None, [1]],
+                         ids=["true", "false", "2_63", "minus_2_63", "huge", "nan", "inf", "string", "null", "list"])
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+def test_time_claim_that_is_not_a_plain_finite_number_in_range_is_refused(name: str, value: Any) -> None:
+    claims = CTX.claims(**{name: value})
+    if value is None and name != "exp":
+        validate(claims)  # an absent (null) nbf or iat is no defect
+        return
+    with pytest.raises(InvalidToken):
+        validate(claims)
+
+
+@pytest.mark.parametrize("aud", [[], [AUDIENCE, 1], [AUDIENCE, None], (AUDIENCE,), {AUDIENCE: 1}, 7, None],
+                         ids=["empty", "int_member", "null_member", "tuple", "object", "number", "null"])
+def test_audience_that_is_not_a_string_or_a_non_empty_array_of_strings_is_refused(aud: Any) -> None:
+    with pytest.raises(InvalidToken, match="aud"):
+        validate(CTX.claims(aud=aud))
 
 
 # --- issuer -----------------------------------------------------------------------------------------

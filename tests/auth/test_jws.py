@@ -108,6 +108,19 @@ EC_JWKS = parse_jwks({"keys": [
 ALL_ALGS = frozenset({"RS256", "RS384", "PS256", "ES256"})
 
 
+@pytest.mark.parametrize(("kid", "usable"), [
+    ("ec-1", {"ES256"}),
+    ("ec-384", {"ES384"}),
+    ("rsa-384", {"RS384"}),
+    ("rsa-any", {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+], ids=["ec_p256_es256", "ec_p384_no_alg", "rsa_rs384", "rsa_no_alg"])
+def test_each_key_may_verify_exactly_the_algorithms_its_type_curve_and_alg_allow(kid: str, usable: set[str]) -> None:
+    key = EC_JWKS[kid]
+    assert key.usable == usable
+    assert {alg for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                            "HS256", "none", "EdDSA") if key.fits(alg)} == usable
+
+
 @pytest.mark.parametrize(("alg", "kid", "signer"), [
     ("RS256", "ec-1", KEY),          # EC key cannot verify RSA
     ("ES256", "rsa-any", EC_KEY),    # RSA key cannot verify ECDSA
@@ -235,6 +248,45 @@ def test_b64url_decode_round_trips_every_length() -> None:
     for n in range(0, 70):
         data = bytes(range(n))
         assert b64url_decode(b64(data).encode()) == data
+
+
+# --- payload JSON: one parse in C for compact text, repeated names refused however they are written -----
+
+@pytest.mark.parametrize("text", [
+    '{"a":1,"a":2}',                                  # compact: the C parse alone would keep the last
+    '{"a":1,"b":2,"a":1}',
+    '{"":1,"":1}',
+    '{"a":1, "a":2}',                                 # whitespace between members
+    '{"a" :1,"a":2}',                                 # whitespace between a name and its colon
+    '{"a":1,"a"\n:2}',
+    '{"a":{"b":1,"b":2}}',                            # repeated inside a nested object
+    '{"a":[{"b":1,"b":2}]}',                          # ...inside an array
+    '{"a":{"b":1},"a":{"b":1}}',
+    '{"a":":","a":2}',                                # a value that starts with a colon
+    '{"x":"\\":","x":1}',                           # an escaped quote before a colon
+    '{"a\\u0022":1,"a\\u0022":2}',                 # the same name spelled with an escape
+    '{"a":1,"\\u0061":2}',                           # ...or with and without one
+], ids=["compact", "three_members", "empty_name", "space_between_members", "space_before_colon",
+        "newline_before_colon", "nested_object", "object_in_array", "repeated_objects", "colon_value",
+        "escaped_quote", "escaped_names", "escaped_and_plain_name"])
+def test_payload_with_a_member_name_twice_is_refused_however_written(text: str) -> None:
+    with pytest.raises(InvalidToken, match="duplicate"):
+        parse_jws(compact(CTX.header(), text), algorithms=RS256)
+
+
+@pytest.mark.parametrize(("text", "claims"), [
+    ('{"a":1,"b":"x"}', {"a": 1, "b": "x"}),
+    ('{"a":":","b":"\\":"}', {"a": ":", "b": '":'}),   # colons and quotes in values are no members
+    ('{"a":{"b":1},"c":[{"b":2}]}', {"a": {"b": 1}, "c": [{"b": 2}]}),  # same name in different objects
+    ('{ "a" : 1 , "b" : [ 1 , 2 ] }', {"a": 1, "b": [1, 2]}),
+    ('\n{"a":"x y"}\t', {"a": "x y"}),
+    ('{"a":{},"b":[]}', {"a": {}, "b": []}),
+], ids=["compact", "colons_in_values", "nested_same_name", "spaced", "surrounding_space", "empty_nested"])
+def test_payload_with_distinct_names_parses_to_the_same_claims_however_written(
+        text: str, claims: dict[str, Any]) -> None:
+    parsed = parse_jws(compact(CTX.header(), text), algorithms=RS256)
+    assert dict(parsed.claims) == claims
+    assert list(parsed.claims) == list(claims)
 
 
 # --- a verifier's header memo changes no verdict ---------------------------------------------------
