@@ -29,6 +29,16 @@ class QuietTelemetry:
     def __init__(self, inner: Any, tracer: Any = None) -> None:
         self._inner = inner
         self._tracer = tracer if tracer is not None else sdk_otel._tracer  # noqa: SLF001 (the SDK's own tracer)
+        self._propagator: object = None  # the global propagator whose fields are in _fields
+        self._fields: frozenset[str] = frozenset()
+
+    def _carrier_fields(self) -> frozenset[str]:
+        # A composite propagator builds its field set on every read; read it again only when the
+        # global propagator was replaced.
+        propagator = propagate.get_global_textmap()
+        if propagator is not self._propagator:
+            self._fields, self._propagator = frozenset(propagator.fields), propagator
+        return self._fields
 
     def _tracing(self, meta: object) -> bool:
         # The SDK's tracer is an API ProxyTracer: ``_tracer`` is what it would start a span with.
@@ -38,7 +48,7 @@ class QuietTelemetry:
             return False
         if not isinstance(meta, Mapping):
             return True
-        return any(field in meta for field in propagate.get_global_textmap().fields)
+        return any(field in meta for field in self._carrier_fields())
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         if self._tracing(ctx.meta):
