@@ -1,4 +1,4 @@
-"""Every Python and shell snippet in README.md runs as written, against real dev servers.
+"""Every Python and shell snippet in README.md and docs/*.md runs as written, against real dev servers.
 
 Conventions (also stated in the README's "Repository layout"):
 
@@ -49,16 +49,18 @@ class Snippet:
     lang: str
     code: str
     marker: str  # the HTML comment on the line before, if any
+    page: str = "README.md"
 
     @property
     def id(self) -> str:
-        return f"L{self.line}-{self.lang}"
+        prefix = "" if self.page == "README.md" else self.page.removeprefix("docs/").removesuffix(".md") + "-"
+        return f"{prefix}L{self.line}-{self.lang}"
 
 
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 
 
-def snippets(text: str) -> list[Snippet]:
+def snippets(text: str, page: str = "README.md") -> list[Snippet]:
     """Fenced blocks of ``text`` with their language and the comment line before them (pure)."""
     lines = text.splitlines()
     found = []
@@ -75,18 +77,19 @@ def snippets(text: str) -> list[Snippet]:
             j += 1
         body = [ln[len(indent):] if ln.startswith(indent) else ln for ln in lines[i + 1 : j]]
         marker = before if before.startswith("<!--") else ""
-        found.append(Snippet(i + 1, lang, "\n".join(body) + "\n", marker))
+        found.append(Snippet(i + 1, lang, "\n".join(body) + "\n", marker, page))
         i = j + 1
     return found
 
 
-ALL = snippets(README.read_text())
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+ALL = [s for page in PAGES for s in snippets(page.read_text(), str(page.relative_to(REPO)))]
 RUNNABLE = [s for s in ALL if s.lang in RUN and "not-tested" not in s.marker]
 
 
 def test_every_fenced_block_names_its_language() -> None:
-    untagged = [s.line for s in ALL if not s.lang]
-    assert untagged == [], f"README lines {untagged}: tag each block (python, bash, console, json, ...)"
+    untagged = [f"{s.page}:{s.line}" for s in ALL if not s.lang]
+    assert untagged == [], f"{untagged}: tag each block (python, bash, console, json, ...)"
 
 
 def test_skipped_snippets_are_few_and_give_a_reason() -> None:
@@ -169,7 +172,7 @@ def test_readme_snippet_runs(snippet: Snippet, servers: tuple[Running, Running],
         cmd = ["bash", "-e", "-o", "pipefail", str(path)]
     proc = subprocess.run(cmd, cwd=mtls.workdir, env=env, capture_output=True, text=True, timeout=150,
                           stdin=subprocess.DEVNULL)
-    report = f"README line {snippet.line}:\n{code}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    report = f"{snippet.page} line {snippet.line}:\n{code}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == 0, report
     assert proc.stdout.strip(), report  # every snippet shows its result
     assert '"error"' not in proc.stdout and '"isError":true' not in proc.stdout.replace(" ", ""), report
