@@ -32,11 +32,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
 
 
 def json_lines(process: DevProcess, needle: str, count: int) -> list[dict[str, object]]:
-    """The JSON log lines of ``process`` containing ``needle``, once ``count`` of them were written."""
+    """The JSON log lines of ``process`` containing ``needle``, once ``count`` of them were written;
+    every line the process wrote is checked against the bound on the way."""
     deadline = time.monotonic() + 10
     while process.output().count(needle) < count and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [json.loads(line) for line in process.output().splitlines() if line.startswith("{") and needle in line]
+    output = process.output()
+    longest = max(output.splitlines(), key=len)
+    assert len(longest) < BOUND, longest[:300]  # no line at all (the SDK's, uvicorn's, ours) is long
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{") and needle in line]
 
 
 def test_a_forged_token_with_a_5kb_issuer_writes_a_bounded_denial_line(dev: DevProcess) -> None:
