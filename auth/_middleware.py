@@ -20,7 +20,7 @@ from ._settings import AuthSettings
 from ._token import VerifiedToken
 from ._verifier import TokenVerifier
 
-__all__ = ["BearerAuthMiddleware", "RequireToken", "bearer_token", "send_auth_error", "log_denial", "SCOPE_KEY"]
+__all__ = ["BearerAuthMiddleware", "RequireToken", "bearer_token", "send_auth_error", "SCOPE_KEY"]
 
 log = logging.getLogger("auth")
 
@@ -140,7 +140,7 @@ class BearerAuthMiddleware:
         try:
             raw, token = await self._authenticate(scope)
         except AuthError as exc:
-            log_denial(exc, scope)
+            _log_denial(exc, scope)
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
@@ -181,7 +181,7 @@ class BearerAuthMiddleware:
         return raw, token
 
 
-def log_denial(exc: AuthError, scope: dict[str, Any]) -> None:
+def _log_denial(exc: AuthError, scope: dict[str, Any]) -> None:
     """One log line for a refused request; the reason and path (attacker-chosen) are `clip`-ped."""
     log.log(
         logging.WARNING if exc.status >= 500 else logging.INFO,
@@ -221,7 +221,7 @@ class RequireToken:
             await self.app(scope, receive, send)
             return
         exc = MissingToken("no verified principal reached the endpoint (no auth layer in front of this path)")
-        log_denial(exc, scope)
+        _log_denial(exc, scope)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

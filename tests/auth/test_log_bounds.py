@@ -9,46 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from mcp.server.mcpserver import MCPServer
 
 from auth import JWTVerifier
 from auth._sdk import verify_token
-from auth.mcp import protect, requires
+from auth.mcp import protect
 from tests._idp import IdP
 from tests._live import running_server
 
 from ._cases import AUDIENCE
-from ._guarded import forged_token
+from ._guarded import error_code, forged_token
 from ._support import issuer_config, settings_for
+from .test_prefix import HEADERS, notes_server
 
 pytestmark = pytest.mark.timeout(60)
 
-READ, WRITE = "api_read_access", "api_write_access"
-HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+READ = "api_read_access"
 BOUND = 1000  # characters of one log line, whatever the request held
-_PARAM = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 HUGE_ISS = "https://" + "a" * 5000 + ".example"
-
-
-def error_code(response: httpx.Response) -> str | None:
-    return dict(_PARAM.findall(response.headers.get("www-authenticate", ""))).get("error")
-
-
-def notes_server() -> MCPServer:
-    mcp = MCPServer("notes")
-
-    @mcp.tool(name="archive")
-    @requires(WRITE)
-    def archive_note(note_id: int) -> int:
-        return note_id
-
-    return mcp
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ uvicorn. An ``OPTIONS`` that is not a preflight (no ``Origin`` or no
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,18 +26,13 @@ from tests._idp import IdP
 from tests._live import running_server
 
 from ._cases import AUDIENCE
-from ._guarded import forged_token
+from ._guarded import error_code, forged_token
 from ._support import RESOURCE, issuer_config, settings_for
 
 pytestmark = pytest.mark.timeout(60)
 
 ORIGIN = "https://app.example"
 PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
-_PARAM = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def error_code(response: httpx.Response) -> str | None:
-    return dict(_PARAM.findall(response.headers.get("www-authenticate", ""))).get("error")
 
 
 @pytest.fixture(scope="module")
