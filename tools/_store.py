@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -438,6 +439,12 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# NUL: PostgreSQL text cannot hold it (DataError), SQLite would. A surrogate code point (U+D800-U+DFFF)
+# in a Python str is always unpaired (JSON parsers join a pair into one code point) and has no UTF-8
+# form (UnicodeEncodeError in the driver). Both are refused up front, the same way on both back ends.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _check_text(field: str, value: object, maximum: int, *, strip: bool, allow_empty: bool) -> str:
     if not isinstance(value, str):
         raise NoteError(f"{field} must be a string")
@@ -447,6 +454,8 @@ def _check_text(field: str, value: object, maximum: int, *, strip: bool, allow_e
         raise NoteError(f"{field} must not be empty")
     if len(value) > maximum:
         raise NoteError(f"{field} is longer than {maximum} characters")
+    if _UNSTORABLE.search(value):  # after the length check: the scan is bounded by `maximum`
+        raise NoteError(f"{field} must not contain NUL characters or unpaired surrogates")
     return value
 
 
@@ -475,4 +484,6 @@ def _check_note(title: object, body: object, client_id: object) -> tuple[str, st
 def _check_client(client_id: object) -> str:
     if not isinstance(client_id, str) or not client_id:
         raise NoteError("client id must not be empty")
+    if _UNSTORABLE.search(client_id):  # from a signed token, but a claim may still hold "\u0000"
+        raise NoteError("client id must not contain NUL characters or unpaired surrogates")
     return client_id
