@@ -159,9 +159,12 @@ def _utc_now() -> datetime:
 class Readiness:
     """``await readiness()``: whether the store answers, asking it at most once per ``ttl`` seconds.
 
-    ``GET /ready`` needs no token, so its cost must not grow with the request rate: one ping at a
-    time (the others wait for its answer) and the answer reused for ``ttl`` seconds. A flood of
-    probes therefore costs at most one pooled connection, and one log line per ``ttl`` in an outage.
+    ``GET /ready`` needs no token, so its cost must not grow with the request rate: one ping in
+    flight at a time, its answer shared by every probe that waited for it, and reused for ``ttl``
+    seconds after the ping *ended*. A ping can take the store's whole timeout during an outage
+    (seconds); stamping the answer when the ping started would make it stale before the waiters
+    read it, and each would ping again in turn. A flood of probes therefore costs at most one
+    pooled connection, one ping per ``ttl`` plus the ping's own duration, and one log line per ping.
     """
 
     def __init__(self, store: NotesStore, *, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -169,13 +172,25 @@ class Readiness:
         self._ttl = ttl
         self._clock = clock
         self._lock = anyio.Lock()
-        self._answer: tuple[float, bool] | None = None  # (when asked, answer)
+        self._answer: tuple[float, bool] | None = None  # (when the ping ended, answer)
+
+    def _fresh(self) -> bool | None:
+        answer = self._answer
+        if answer is not None and self._clock() - answer[0] < self._ttl:
+            return answer[1]
+        return None
 
     async def __call__(self) -> bool:
+        fresh = self._fresh()
+        if fresh is not None:  # the common case: no lock, no ping
+            return fresh
         async with self._lock:
-            if self._answer is None or self._clock() - self._answer[0] >= self._ttl:
-                self._answer = (self._clock(), await self._store.ping())
-            return self._answer[1]
+            fresh = self._fresh()  # another probe pinged while this one waited: share its answer
+            if fresh is not None:
+                return fresh
+            ok = await self._store.ping()
+            self._answer = (self._clock(), ok)
+            return ok
 
 
 class SQLiteStore:
