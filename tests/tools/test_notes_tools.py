@@ -21,7 +21,7 @@ from auth._context import bind_token, reset_token
 from auth._errors import InsufficientScope, MissingToken
 from auth._token import VerifiedToken
 from auth.mcp._tools import ToolPermissions
-from tools import PostgresConfig, PostgresStore, SQLiteStore
+from tools import SINGLE_TENANT, PostgresConfig, PostgresStore, SQLiteStore
 
 READ_TOOLS = {"list_notes", "search_notes", "get_note"}
 WRITE_TOOLS = {"create_note", "update_note", "delete_note"}
@@ -136,7 +136,7 @@ async def test_write_without_write_permission_is_refused_and_stores_nothing(
     assert result.is_error
     # The SDK hides the text of non-ToolError exceptions; the HTTP gate gives the 403 challenge.
     assert "sneaky" not in str(result.content)
-    assert store.sync.list(100) == []
+    assert store.sync.list(SINGLE_TENANT, 100) == []
 
 
 async def test_refused_write_raises_insufficient_scope_naming_the_missing_permission(server: MCPServer) -> None:
@@ -149,7 +149,7 @@ async def test_refused_write_raises_insufficient_scope_naming_the_missing_permis
 
 
 async def test_read_without_read_permission_is_refused(server: MCPServer, store: SQLiteStore) -> None:
-    store.sync.create("secret", "", "someone")
+    store.sync.create(SINGLE_TENANT, "secret", "", "someone")
     with acting_as(make_token("writer-only", "api_write_access")):
         async with Client(server) as client:
             result = await client.call_tool("list_notes", {})
@@ -167,11 +167,11 @@ async def test_created_note_records_the_client_id_of_the_token(server: MCPServer
     assert not result.is_error and result.structured_content is not None
     note_id = result.structured_content["id"]
     assert result.structured_content["created_by"] == "writer-app"
-    assert store.sync.get(note_id).created_by == "writer-app"
+    assert store.sync.get(SINGLE_TENANT, note_id).created_by == "writer-app"
 
 
 async def test_update_and_delete_record_the_acting_client(server: MCPServer, store: SQLiteStore) -> None:
-    note = store.sync.create("draft", "", "writer-app")
+    note = store.sync.create(SINGLE_TENANT, "draft", "", "writer-app")
     with acting_as(make_token("editor-app")):
         async with Client(server) as client:
             updated = await client.call_tool("update_note", {"note_id": note.id, "title": "final", "body": "done"})
@@ -182,13 +182,13 @@ async def test_update_and_delete_record_the_acting_client(server: MCPServer, sto
         "editor-app",
     )
     assert deleted.structured_content is not None and deleted.structured_content["title"] == "final"
-    assert store.sync.list(100) == []
+    assert store.sync.list(SINGLE_TENANT, 100) == []
 
 
 async def test_read_tools_return_notes_newest_first(server: MCPServer, store: SQLiteStore) -> None:
-    first = store.sync.create("apple pie", "", "app")
-    second = store.sync.create("apple cake", "", "app")
-    store.sync.create("banana", "", "app")
+    first = store.sync.create(SINGLE_TENANT, "apple pie", "", "app")
+    second = store.sync.create(SINGLE_TENANT, "apple cake", "", "app")
+    store.sync.create(SINGLE_TENANT, "banana", "", "app")
     with acting_as(make_token("reader-app", "api_read_access")):
         async with Client(server) as client:
             searched = await client.call_tool("search_notes", {"query": "APPLE"})
