@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
 
-from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore
+from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore, system_ca_file
 from ._store import (
     SINGLE_TENANT,
     Note,
@@ -52,6 +52,7 @@ __all__ = [
     "SQLiteStore",
     "PostgresStore",
     "PostgresConfig",
+    "system_ca_file",
     "Note",
     "NoteError",
     "TenantKey",

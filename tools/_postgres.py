@@ -26,6 +26,11 @@ Why it is shaped this way:
 - **Credentials**: the password is never part of a repr, a log line or an error text; the
   CA and client certificate from a Cloud Foundry binding (PEM text) are written to private
   temporary files (mode 0600) because libpq reads them from files.
+- **TLS verified by default**: without an ``sslmode`` the store connects with ``verify-full``
+  (libpq's own default, ``prefer``, neither verifies the server nor refuses plaintext), against
+  the configured CA or else the system's CA bundle (`system_ca_file`). The libpq that
+  ``psycopg[binary]`` bundles (18) knows ``sslrootcert=system``, but its own OpenSSL looks for
+  that store in a folder of the wheel's build machine; the file Python's OpenSSL uses is given instead.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ import logging
 import math
 import os
 import shutil
+import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +66,7 @@ from ._store import (
     _escape_like,
 )
 
-__all__ = ["PostgresConfig", "PostgresStore", "SCHEMA_VERSION", "DEFAULT_TIMEOUT_S"]
+__all__ = ["PostgresConfig", "PostgresStore", "SCHEMA_VERSION", "DEFAULT_TIMEOUT_S", "system_ca_file", "VERIFYING"]
 
 log = logging.getLogger("tools.store")
 
@@ -70,6 +76,8 @@ DEFAULT_TIMEOUT_S = 3.0
 """How long one store call may take (pool wait, connect, statement) before it fails as unavailable."""
 
 SCHEMA_VERSION = 2
+VERIFYING = ("verify-ca", "verify-full")
+"""The ``sslmode`` values that check the server's certificate against a CA."""
 _LOCK_KEY = 0x6E6F746573  # "notes": the advisory lock instances take while migrating
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -148,8 +156,18 @@ class PostgresConfig:
 
     def describe(self) -> str:
         """``postgresql://user@host:port/dbname`` plus the TLS mode: safe to log (no password)."""
-        sslmode = dict(self.params).get("sslmode", "prefer")
+        sslmode = dict(self.params).get("sslmode", "verify-full")
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname} (sslmode={sslmode})"
+
+
+def system_ca_file(env: Mapping[str, str]) -> str | None:
+    """The system's CA bundle, as Python's OpenSSL finds it: ``$SSL_CERT_FILE`` when set, else its default file.
+
+    None when that file does not exist (then there is no system trust store to verify against).
+    """
+    paths = ssl.get_default_verify_paths()
+    candidate = env.get(paths.openssl_cafile_env) or paths.openssl_cafile
+    return candidate if candidate and os.path.isfile(candidate) else None
 
 
 def _utc_now() -> datetime:
@@ -351,6 +369,11 @@ class PostgresStore:
             # The migration opens its own transaction (conn.transaction()).
             autocommit=True,
         )
+        # Verified TLS unless the configuration says otherwise (the settings refuse plaintext modes
+        # unless allowed); a config built in code without a CA gets the system's bundle.
+        kwargs.setdefault("sslmode", "verify-full")
+        if kwargs["sslmode"] in VERIFYING and "sslrootcert" not in kwargs and not c.ssl_root_cert_pem:
+            kwargs["sslrootcert"] = system_ca_file(os.environ) or "system"
         files = {"sslrootcert": c.ssl_root_cert_pem, "sslcert": c.ssl_cert_pem, "sslkey": c.ssl_key_pem}
         if any(files.values()):
             self._tmpdir = Path(tempfile.mkdtemp(prefix="notes-pg-"))  # mode 0700

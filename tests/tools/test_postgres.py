@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from auth import ConfigError
 from server._settings import load_server_settings, notes_db_setting, parse_postgres_url
 from tests._postgres import APP_ROLE, CERT_ROLE, PostgresServer
 from tools import SINGLE_TENANT, PostgresConfig, PostgresStore, StoreUnavailable
@@ -256,3 +257,72 @@ async def test_the_password_never_appears_in_logs_errors_or_reprs(
     assert "password authentication failed" in caplog.text  # the failures were really logged
     assert secret not in everything
     assert secret.split("#")[-1] not in everything  # nor its random part, in any quoting
+
+
+# -- TLS without a binding CA (issue 15 item 9) ----------------------------------------------------------
+
+
+def _url_without_tls_params(pg: PostgresServer, dbname: str, **params: str) -> str:
+    base = pg.url(dbname).split("?")[0]
+    return base + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+
+
+async def _connects(config: PostgresConfig, pg: PostgresServer) -> set[tuple[bool, str | None]] | None:
+    """Whether a store on ``config`` reaches the database: None if not, else its connections' TLS state."""
+    store = PostgresStore(config, timeout=2.0)
+    await store.open()
+    try:
+        return _ssl_of_our_connections(pg, config.dbname) if await store.ping() else None
+    finally:
+        await store.aclose()
+
+
+async def test_verify_full_against_the_servers_ca_connects_and_a_wrong_ca_is_refused(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    dbname = postgres.new_database()
+    right = notes_db_setting({"MCP_NOTES_DB": postgres.url(dbname, sslmode="verify-full")})
+    assert isinstance(right, PostgresConfig)
+    assert dict(right.params) == {"sslmode": "verify-full", "sslrootcert": str(postgres.ca_file)}
+    assert await _connects(right, postgres) == {(True, None)}
+    wrong_ca = tmp_path / "other-ca.pem"
+    wrong_ca.write_text(_other_ca_pem())
+    wrong = notes_db_setting({"MCP_NOTES_DB": postgres.url(dbname, sslmode="verify-full", sslrootcert=str(wrong_ca))})
+    assert isinstance(wrong, PostgresConfig) and await _connects(wrong, postgres) is None
+
+
+async def test_without_sslmode_the_system_trust_store_decides(postgres: PostgresServer, tmp_path: Path) -> None:
+    # On 0.2.0 no sslmode meant libpq's "prefer": TLS unverified, and plaintext when TLS failed.
+    dbname = postgres.new_database()
+    url = _url_without_tls_params(postgres, dbname)
+    trusting = notes_db_setting({"MCP_NOTES_DB": url, "SSL_CERT_FILE": str(postgres.ca_file)})
+    assert isinstance(trusting, PostgresConfig) and dict(trusting.params)["sslmode"] == "verify-full"
+    assert await _connects(trusting, postgres) == {(True, None)}  # the bundle holds the server's CA
+    bundle = tmp_path / "system.pem"
+    bundle.write_text(_other_ca_pem())
+    distrusting = notes_db_setting({"MCP_NOTES_DB": url, "SSL_CERT_FILE": str(bundle)})
+    assert isinstance(distrusting, PostgresConfig)
+    assert await _connects(distrusting, postgres) is None  # refused: no unverified fallback, no plaintext
+
+
+async def test_a_config_built_in_code_without_sslmode_verifies_too(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dbname = postgres.new_database()
+    config = PostgresConfig(host="127.0.0.1", port=postgres.port, dbname=dbname, user=APP_ROLE,
+                            password=postgres.app_password)
+    monkeypatch.setenv("SSL_CERT_FILE", str(postgres.ca_file))
+    assert await _connects(config, postgres) == {(True, None)}
+    other = tmp_path / "another-ca.pem"
+    other.write_text(_other_ca_pem())
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    assert await _connects(config, postgres) is None
+
+
+async def test_plaintext_to_a_loopback_database_only_with_the_explicit_setting(postgres: PostgresServer) -> None:
+    dbname = postgres.new_database()
+    url = _url_without_tls_params(postgres, dbname, sslmode="disable")
+    with pytest.raises(ConfigError, match="MCP_NOTES_DB: sslmode=disable may connect without TLS"):
+        notes_db_setting({"MCP_NOTES_DB": url})
+    config = notes_db_setting({"MCP_NOTES_DB": url, "MCP_NOTES_DB_ALLOW_PLAINTEXT": "true"})
+    assert isinstance(config, PostgresConfig) and await _connects(config, postgres) == {(False, None)}
