@@ -121,7 +121,7 @@ class BearerAuthMiddleware:
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
         self._certificate_check = certificate_check if certificate_check is not None else _binding_check(settings)
-        self._principals = PrincipalCache(settings.resource_url)
+        self._principals = PrincipalCache(settings.resource_url, aliases=settings.permission_aliases)
 
     def _protected(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self._protect)

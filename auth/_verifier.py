@@ -329,9 +329,13 @@ class JWTVerifier:
         """The mcp SDK's ``TokenVerifier`` protocol, so ``MCPServer(token_verifier=JWTVerifier(...))`` works.
 
         Returns None for every refusal (the SDK then answers 401, even for our 503); see `auth._sdk`.
+        The answer carries the `VerifiedToken`, so ``current_token()`` and ``@requires`` work in
+        the SDK's tools without verifying again.
         """
         s = self._settings
-        return await _sdk_verify_token(self, token, resource=s.resource_url, cert_binding=s.cert_binding)
+        return await _sdk_verify_token(
+            self, token, resource=s.resource_url, cert_binding=s.cert_binding, aliases=s.permission_aliases
+        )
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
