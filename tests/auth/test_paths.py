@@ -29,6 +29,8 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+from fastmcp import Client as FastMCPClient
+from fastmcp.exceptions import ToolError
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import auth_context_var
@@ -121,6 +123,8 @@ def purge(note_id: int) -> dict[str, object]:
 uvicorn.run(fast.http_app(path="/mcp"), host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning")
 ''',
 }
+APPS["fastmcp_plain"] = APPS["fastmcp"].replace(", middleware=[fastmcp_refusals()]", "")  # FastMCP on its own
+WAYS = ["protect", "sdk", "fastmcp"]  # the three documented ways
 
 
 def refused_on_sdk(tool: str, permission: str) -> str:
@@ -133,38 +137,43 @@ def refused_on_fastmcp(tool: str, permission: str) -> str:
 
 
 @contextlib.contextmanager
-def user_app(name: str, folder: Path, idp: IdP) -> Iterator[str]:
-    """Run the app ``name`` from ``folder`` (outside the checkout); yield its MCP URL."""
-    folder.mkdir()
-    (folder / "app.py").write_text(APPS[name])
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}/mcp"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MCP_"))}
-    env |= {"PORT": str(port), "MCP_AUTH_ISSUER": idp.issuer, "MCP_AUTH_AUDIENCE": resource,
-            "MCP_RESOURCE_URL": resource, "MCP_AUTH_PERMISSION_ALIASES": "api_admin=notes.admin"}
-    log = (folder / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-I", "app.py"], cwd=folder, env=env, stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL)
+def user_apps(root: Path, idp: IdP) -> Iterator[dict[str, str]]:
+    """Run every app of `APPS` from its own folder under ``root`` (outside the checkout); yield their MCP URLs."""
+    running: dict[str, tuple[subprocess.Popen[bytes], Path, str]] = {}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (folder / "server.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.1)
-        yield resource
+        for name, source in APPS.items():  # started together, then waited for
+            folder = root / name
+            folder.mkdir()
+            (folder / "app.py").write_text(source)
+            port = free_port()
+            resource = f"http://127.0.0.1:{port}/mcp"
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MCP_"))}
+            env |= {"PORT": str(port), "MCP_AUTH_ISSUER": idp.issuer, "MCP_AUTH_AUDIENCE": resource,
+                    "MCP_RESOURCE_URL": resource, "MCP_AUTH_PERMISSION_ALIASES": "api_admin=notes.admin"}
+            with (folder / "server.log").open("w") as log:
+                proc = subprocess.Popen([sys.executable, "-I", "app.py"], cwd=folder, env=env, stdout=log,
+                                        stderr=log, stdin=subprocess.DEVNULL)
+            running[name] = (proc, folder, resource)
+        deadline = time.monotonic() + 90
+        for proc, folder, resource in running.values():
+            metadata = resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+            while True:
+                assert proc.poll() is None, (folder / "server.log").read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(metadata).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, f"{folder.name} did not start"
+                time.sleep(0.1)
+        yield {name: resource for name, (_, _, resource) in running.items()}
     finally:
-        stop_process(proc)
-        log.close()
+        for proc, _, _ in running.values():
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")
 def apps(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    root = tmp_path_factory.mktemp("user-apps")
-    with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(user_app(name, root / name, idp)) for name in APPS}
+    with user_apps(tmp_path_factory.mktemp("user-apps"), idp) as urls:
+        yield urls
 
 
 @contextlib.asynccontextmanager
@@ -182,7 +191,7 @@ def text(result: Any) -> str:
 
 
 @pytest.mark.parametrize("permissions", [FULL, READ_ONLY], ids=["full", "read-only"])
-@pytest.mark.parametrize("way", list(APPS))
+@pytest.mark.parametrize("way", WAYS)
 async def test_current_token_in_a_tool_on_every_way(apps: dict[str, str], idp: IdP, way: str,
                                                     permissions: list[str]) -> None:
     url = apps[way]
@@ -192,7 +201,7 @@ async def test_current_token_in_a_tool_on_every_way(apps: dict[str, str], idp: I
     assert result.structured_content == {"client_id": "consumer-client", "permissions": permissions}
 
 
-@pytest.mark.parametrize("way", list(APPS))
+@pytest.mark.parametrize("way", WAYS)
 async def test_requires_lets_a_full_token_run_the_tool_on_every_way(apps: dict[str, str], idp: IdP,
                                                                      way: str) -> None:
     url = apps[way]
@@ -277,7 +286,7 @@ async def test_fastmcp_full_token_runs_the_permission_checked_tool(apps: dict[st
 # -- the deployment's permission aliases apply on every way -------------------------------------------------
 
 
-@pytest.mark.parametrize("way", list(APPS))
+@pytest.mark.parametrize("way", WAYS)
 async def test_aliased_permission_is_what_requires_checks_on_every_way(apps: dict[str, str], idp: IdP,
                                                                        way: str) -> None:
     url = apps[way]
@@ -328,3 +337,45 @@ def test_outside_any_request_there_is_no_principal() -> None:
     assert optional_token() is None
     with pytest.raises(MissingToken):
         current_token()
+
+
+
+# -- what each client shows on a refused call (the per-client table of docs/integrations.md) ------------------
+
+PROTECT_403 = ("insufficient_scope (HTTP 403): Tool archive needs permission api_write_access, "
+               "which the access token does not grant")
+
+
+@pytest.mark.parametrize(("way", "tool", "shown"), [
+    ("sdk", "archive", refused_on_sdk("archive", WRITE)),
+    ("fastmcp", "purge", refused_on_fastmcp("purge", WRITE)),
+    ("fastmcp", "archive", refused_on_fastmcp("archive", WRITE)),
+    ("fastmcp_plain", "purge", "Unknown tool: 'purge'"),
+    ("fastmcp_plain", "archive", "Error calling tool 'archive': insufficient_scope: this tool needs permission "
+                                 "api_write_access, which the access token does not grant"),
+])
+async def test_what_the_two_python_clients_show_on_a_refused_call(apps: dict[str, str], idp: IdP, way: str,
+                                                                  tool: str, shown: str) -> None:
+    url = apps[way]
+    token = idp.mint(aud=url, ias_apis=READ_ONLY)
+    async with client(url, token) as c:
+        result = await c.call_tool(tool, {"note_id": 1})
+    assert result.is_error and text(result) == shown
+    async with FastMCPClient(url, auth=token) as fast:
+        with pytest.raises(ToolError) as info:
+            await fast.call_tool(tool, {"note_id": 1})
+    assert str(info.value) == shown
+
+
+async def test_what_the_two_python_clients_show_on_a_call_refused_by_protect(apps: dict[str, str],
+                                                                             idp: IdP) -> None:
+    url = apps["protect"]
+    token = idp.mint(aud=url, ias_apis=READ_ONLY)
+    async with client(url, token) as c:
+        with pytest.raises(MCPError) as sdk:
+            await c.call_tool("archive", {"note_id": 1})
+    async with FastMCPClient(url, auth=token) as fast:
+        with pytest.raises(MCPError) as fastmcp:
+            await fast.call_tool("archive", {"note_id": 1})
+    assert str(sdk.value) == str(fastmcp.value) == PROTECT_403
+
