@@ -211,6 +211,24 @@ async def test_requires_lets_a_full_token_run_the_tool_on_every_way(apps: dict[s
     assert result.structured_content == {"archived": 3, "by": "consumer-client"}
 
 
+@pytest.mark.parametrize("way", WAYS)
+async def test_the_principal_is_the_current_requests_within_one_session(apps: dict[str, str], idp: IdP,
+                                                                        way: str) -> None:
+    """A client that steps up (a new token, same session) is seen with the new token, never a stale one."""
+    url = apps[way]
+    read_only, full = idp.mint(aud=url, ias_apis=READ_ONLY), idp.mint(aud=url, ias_apis=FULL)
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {read_only}"},
+                                  timeout=httpx2.Timeout(20.0)) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as c:
+            before = await c.call_tool("whoami", {})
+            http.headers["Authorization"] = f"Bearer {full}"
+            after = await c.call_tool("whoami", {})
+            written = await c.call_tool("archive", {"note_id": 9})
+    assert before.structured_content == {"client_id": "consumer-client", "permissions": READ_ONLY}
+    assert after.structured_content == {"client_id": "consumer-client", "permissions": FULL}
+    assert not written.is_error and written.structured_content == {"archived": 9, "by": "consumer-client"}
+
+
 # -- a read-only token on a write tool ---------------------------------------------------------------------
 
 
@@ -378,4 +396,5 @@ async def test_what_the_two_python_clients_show_on_a_call_refused_by_protect(app
         with pytest.raises(MCPError) as fastmcp:
             await fast.call_tool("archive", {"note_id": 1})
     assert str(sdk.value) == str(fastmcp.value) == PROTECT_403
+
 
