@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from ._errors import InvalidToken
+from ._errors import CertificateMismatch
 from ._settings import AuthSettings
 from ._token import VerifiedToken
 
@@ -53,17 +53,17 @@ def _der_from_text(text: str) -> bytes:
     if begin >= 0:
         end = text.find(_END, begin + len(_BEGIN))
         if end < 0:
-            raise InvalidToken("client certificate PEM has no END line")
+            raise CertificateMismatch("client certificate PEM has no END line")
         text = text[begin + len(_BEGIN) : end]
     body = "".join(text.split())
     try:
         der = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidToken("client certificate is not base64") from exc
+        raise CertificateMismatch("client certificate is not base64") from exc
     try:
         x509.load_der_x509_certificate(der)
     except ValueError as exc:
-        raise InvalidToken("client certificate is not an X.509 certificate") from exc
+        raise CertificateMismatch("client certificate is not an X.509 certificate") from exc
     return der
 
 
@@ -89,7 +89,7 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
             parts.append(text[start:at])
             start = at + 1
     if quoted:
-        raise InvalidToken("X-Forwarded-Client-Cert has an unterminated quote")
+        raise CertificateMismatch("X-Forwarded-Client-Cert has an unterminated quote")
     parts.append(text[start:])
     return parts
 
@@ -117,18 +117,18 @@ def parse_forwarded_client_cert(value: str) -> bytes:
     """
     value = value.strip()
     if not value or len(value) > _MAX_XFCC:
-        raise InvalidToken("X-Forwarded-Client-Cert is empty or too long")
+        raise CertificateMismatch("X-Forwarded-Client-Cert is empty or too long")
     if _is_envoy(value):
         # A few proxies with a handful of pairs each; counting in C keeps the worst case cheap.
         if sum(value.count(c) for c in '",;\\') > _MAX_SPECIALS:
-            raise InvalidToken("X-Forwarded-Client-Cert has too many elements, pairs or quotes")
+            raise CertificateMismatch("X-Forwarded-Client-Cert has too many elements, pairs or quotes")
         element = _split_outside_quotes(value, ",")[-1]
         for pair in _split_outside_quotes(element, ";"):
             key, _, raw = pair.strip().partition("=")
             if key.lower() == "cert":
                 raw = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
                 return _der_from_text(unquote(raw))
-        raise InvalidToken("X-Forwarded-Client-Cert has no Cert in its last element")
+        raise CertificateMismatch("X-Forwarded-Client-Cert has no Cert in its last element")
     return _der_from_text(value)
 
 
@@ -148,7 +148,7 @@ def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool) -> bytes
     if not values:
         return None
     if len(values) > 1:
-        raise InvalidToken("more than one X-Forwarded-Client-Cert header")
+        raise CertificateMismatch("more than one X-Forwarded-Client-Cert header")
     return parse_forwarded_client_cert(values[0].decode("latin-1"))
 
 
@@ -166,13 +166,13 @@ def check_certificate_binding(
     expected = token.certificate_thumbprint
     if expected is None:
         if mode == "required":
-            raise InvalidToken("token is not certificate-bound (cnf.x5t#S256) and bound tokens are required")
+            raise CertificateMismatch("token is not certificate-bound (cnf.x5t#S256) and bound tokens are required")
         return
     if certificate is None:
-        raise InvalidToken("certificate-bound token presented without a client certificate")
+        raise CertificateMismatch("certificate-bound token presented without a client certificate")
     # Bytes on both sides: compare_digest refuses non-ASCII str with a TypeError (a 500, issue 7).
     if not hmac.compare_digest(certificate_thumbprint(certificate).encode(), expected.encode("utf-8", "replace")):
-        raise InvalidToken("client certificate does not match the token's cnf.x5t#S256")
+        raise CertificateMismatch("client certificate does not match the token's cnf.x5t#S256")
 
 
 def certificate_check(settings: AuthSettings) -> Callable[[dict[str, Any], VerifiedToken], None] | None:

@@ -27,7 +27,7 @@ from types import MappingProxyType
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ._errors import InvalidToken, KeysUnavailable
+from ._errors import BadSignature, KeysUnavailable, UntrustedIssuer
 from ._jws import SUPPORTED_ALGORITHMS, PublicJWK, parse_jwks
 from ._settings import check_issuer_url
 
@@ -248,9 +248,9 @@ class JWKSCache:
             return entry
         if not self.has_keys:
             if self.refused and self._opened_by_token:
-                raise InvalidToken(f"{self.issuer} refused our key request")
+                raise UntrustedIssuer(f"{self.issuer} refused our key request")
             raise KeysUnavailable(f"no signing keys for {self.issuer}", retry_after=self.retry_after())
-        raise InvalidToken(f"unknown kid {kid!r} for issuer {self.issuer}")
+        raise BadSignature(f"unknown kid {kid!r} for issuer {self.issuer}")
 
     async def replaced(self, kid: str, thumbprint: bytes) -> bool:
         """After a signature failed with key ``kid``: refresh if due, and say whether its material changed.

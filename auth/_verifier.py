@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import httpx
 
 from ._claims import check_claims_window, check_times, match_issuer
-from ._errors import InvalidToken, KeysUnavailable
+from ._errors import InvalidToken, KeysUnavailable, UntrustedIssuer
 from ._http import key_fetch_client
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
 from ._jws import HeaderMemo, parse_jws, verify_signature
@@ -279,7 +279,7 @@ class JWTVerifier:
                            consumer.answered_at + s.jwks_ttl_s + s.jwks_max_stale_s)
             return consumer.answered_at + s.jwks_ttl_s
         if decision == "refuse":
-            raise InvalidToken(f"{keys.issuer} does not serve this key to the token's tenant and consumer")
+            raise UntrustedIssuer(f"{keys.issuer} does not serve this key to the token's tenant and consumer")
         wait = max(1, math.ceil(consumer.attempted_at + s.jwks_refresh_cooldown_s - self._monotonic()))
         raise KeysUnavailable(f"{keys.issuer} cannot be asked about the token's tenant", retry_after=wait)
 
@@ -329,9 +329,13 @@ class JWTVerifier:
         """The mcp SDK's ``TokenVerifier`` protocol, so ``MCPServer(token_verifier=JWTVerifier(...))`` works.
 
         Returns None for every refusal (the SDK then answers 401, even for our 503); see `auth._sdk`.
+        The answer carries the `VerifiedToken`, so ``current_token()`` and ``@requires`` work in
+        the SDK's tools without verifying again.
         """
         s = self._settings
-        return await _sdk_verify_token(self, token, resource=s.resource_url, cert_binding=s.cert_binding)
+        return await _sdk_verify_token(
+            self, token, resource=s.resource_url, cert_binding=s.cert_binding, aliases=s.permission_aliases
+        )
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
