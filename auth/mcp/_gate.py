@@ -27,10 +27,12 @@ from .._context import optional_token
 from .._errors import InsufficientScope
 from .._metadata import metadata_routes, resource_metadata_url
 from .._middleware import SCOPE_KEY, BearerAuthMiddleware, RequireToken, send_auth_error
+from .._ratelimit import RateLimiter
 from .._request import clip, route_path
 from .._settings import AuthSettings
 from .._token import VerifiedToken
 from .._verifier import JWTVerifier, TokenVerifier
+from ._ratelimit import RateLimitGate, read_only_tools
 from ._tools import _ACTIVE, ToolPermissions
 
 if TYPE_CHECKING:
@@ -307,6 +309,7 @@ def protect(
     routes: Sequence[BaseRoute] = (),
     max_body: int = 1024 * 1024,
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
+    rate_limit: RateLimiter | None = None,
 ) -> ProtectedApp:
     """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
 
@@ -333,6 +336,8 @@ def protect(
         max_body: request body cap of the gate in bytes (413 beyond it).
         lifespan: an async context the app's lifespan enters around the SDK's session manager
             (open a database, say).
+        rate_limit: per-client read and write limits, checked after the 403 gate (429 with
+            ``Retry-After``; `RateLimitGate`); None or a limiter with no limit adds nothing.
     """
     if permissions is None:
         permissions = ToolPermissions.from_server(mcp, aliases=settings.permission_aliases, implies=settings.implies)
@@ -341,7 +346,9 @@ def protect(
     owned = verifier is None
     token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
     scopes = sorted(permissions.all_permissions())
-    closed = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
+    closed: ASGIApp = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
+    if rate_limit is not None and rate_limit.enabled:
+        closed = RateLimitGate(closed, limiter=rate_limit, read_only=read_only_tools(mcp))
     gated = ToolPermissionGate(closed, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
     guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
 
