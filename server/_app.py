@@ -7,6 +7,7 @@ Request path, outermost first::
                            /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
+    RateLimitGate          429 + Retry-After over the caller's read or write limit (only when configured)
     RequireToken           401 for whatever arrives without a verified principal (fail closed)
     MCPEndpoint            one exchange per ASGI call, through the MCP SDK (stateless, JSON
                            responses: any instance can serve any request)
@@ -31,6 +32,7 @@ from auth.mcp import ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
 from ._guard import HostOriginGuard
+from ._limits import rate_limiter
 from ._logging import audit_middleware
 from ._settings import MCP_PATH, ServerSettings
 from ._telemetry import quiet_telemetry
@@ -143,6 +145,7 @@ def create_app(
                 *(extra_routes or [])],
         max_body=settings.max_body_bytes,
         lifespan=store_open,
+        rate_limit=rate_limiter(settings.rate_limits, store),  # None unless MCP_RATE_LIMIT_* are set
     )
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from auth import AuthSettings, ConfigError, load_settings
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
+from ._limits import RateLimitSettings, rate_limit_settings, workers_setting
+
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
 
 MCP_PATH = "/mcp"
@@ -35,6 +37,8 @@ class ServerSettings:
     tls_cert_file: Path | None = None  # serve HTTPS with this certificate (MCP_TLS_CERT)
     tls_key_file: Path | None = None  # and this key (MCP_TLS_KEY)
     tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
+    rate_limits: RateLimitSettings = RateLimitSettings()  # MCP_RATE_LIMIT_* (off by default)
+    workers: int | None = None  # MCP_WORKERS; None: the CPUs the container may use (resolved at start)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -118,11 +122,12 @@ def load_server_settings(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("MCP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     tls_cert, tls_key, tls_client_ca = _tls_files(env)
+    notes_db = notes_db_setting(env)
     return ServerSettings(
         auth=auth_settings,
         host=host,
         port=port,
-        notes_db=notes_db_setting(env),
+        notes_db=notes_db,
         notes_db_timeout_s=_db_timeout(env),
         allowed_hosts=tuple(dict.fromkeys(hosts)),
         allowed_origins=tuple(dict.fromkeys(origins)),
@@ -132,6 +137,8 @@ def load_server_settings(
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
+        rate_limits=rate_limit_settings(env, notes_db),
+        workers=workers_setting(env),
     )
 
 

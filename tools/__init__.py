@@ -33,6 +33,7 @@ from pathlib import Path
 from mcp.server.mcpserver import MCPServer
 
 from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore, system_ca_file
+from ._rate_leases import PostgresLeases
 from ._store import (
     SINGLE_TENANT,
     Note,
@@ -52,6 +53,7 @@ __all__ = [
     "SQLiteStore",
     "PostgresStore",
     "PostgresConfig",
+    "PostgresLeases",
     "system_ca_file",
     "Note",
     "NoteError",
