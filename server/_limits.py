@@ -72,17 +72,20 @@ def rate_limit_settings(env: Mapping[str, str], notes_db: Path | PostgresConfig)
                              shared=on_postgres if shared is None else shared)
 
 
-def workers_setting(env: Mapping[str, str]) -> int | None:
-    """``MCP_WORKERS``: a count, or None for the default (`server._workers.default_workers`).
+def workers_setting(env: Mapping[str, str], *, dev: bool = False) -> int | None:
+    """``MCP_WORKERS``: a count, or None for the default (`server._workers.default_workers`; 1 under ``--dev``).
 
     Raises:
-        ConfigError: not a whole number from 1 to `MAX_WORKERS` (or ``auto``).
+        ConfigError: not a whole number from 1 to `MAX_WORKERS` (or ``auto``), or above 1 with ``--dev``.
     """
     raw = env.get("MCP_WORKERS", "").strip().lower()
     if raw in ("", "auto"):
-        return None
+        return 1 if dev else None
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_WORKERS):
         raise ConfigError("MCP_WORKERS", f"must be a whole number from 1 to {MAX_WORKERS}, or auto; got {raw[:20]!r}")
+    if dev and int(raw) > 1:
+        raise ConfigError("MCP_WORKERS", "--dev serves from one process (the dev issuer keeps its keys, "
+                                         "codes and clients in memory); leave it unset or 1")
     return int(raw)
 
 

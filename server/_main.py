@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import httpx
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
 
@@ -33,6 +34,7 @@ from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
 from ._tls import check_tls_files, uvicorn_tls_options
+from ._workers import detected_workers, run_workers
 
 __all__ = ["main", "dev_settings", "auth_summary", "server_options"]
 
@@ -141,6 +143,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     extra_clients: dict[str, DevClient] = {}
     verifier: JWTVerifier | None = None
     tls: dict[str, Any] = {}
+    workers = 1  # --dev: one process (the dev issuer keeps its keys, codes and clients in memory)
+    app: Any = None
     try:
         if args.dev:
             if env.get("VCAP_APPLICATION"):
@@ -184,7 +188,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             tls = _tls_options(settings)
             audit = configure_logging(settings.log_level)
             sock = _bind(settings.host, settings.port)
-            app = create_app(settings, audit=audit)
+            workers = settings.workers or detected_workers()
+            if workers == 1:
+                app = create_app(settings, audit=audit)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -202,11 +208,18 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 "x509_client_id": certs.client_id,
             }
         print(startup_banner(base_url, settings.auth.resource_url, **banner), file=sys.stderr, flush=True)
-    log.info("listening on %s:%d%s", settings.host, sock.getsockname()[1], " (TLS)" if tls else "")
-    config = uvicorn.Config(app, **server_options(tls))
+    log.info("listening on %s:%d%s with %d worker(s)", settings.host, sock.getsockname()[1], " (TLS)" if tls else "",
+             workers)
+    if workers > 1:  # each worker builds its own app (caches, buckets, pool) after the fork
+        return run_workers(workers, lambda _: _serve(create_app(settings, audit=audit), tls, sock), on_stop=sock.close)
     # The dev verifier's HTTP client is not closed: its connections end with the process.
-    _GracefulServer(config).run(sockets=[sock])
-    return 0
+    return _serve(app, tls, sock)
+
+
+def _serve(app: Any, tls: Mapping[str, Any], sock: socket.socket) -> int:
+    server = _GracefulServer(uvicorn.Config(app, **server_options(tls)))
+    server.run(sockets=[sock])
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def server_options(tls: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def load_server_settings(
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
         rate_limits=rate_limit_settings(env, notes_db),
-        workers=workers_setting(env),
+        workers=workers_setting(env, dev=dev),
     )
 
 
