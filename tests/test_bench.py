@@ -52,3 +52,14 @@ def test_bench_layers_times_every_app_and_the_sdk_dispatch_in_both_framings() ->
     for cells in rows.values():
         floor, sdk, noauth, ours, dispatch, rest = (float(c.removesuffix("µs")) for c in cells[:6])
         assert 0 < floor and 0 < dispatch < ours and rest > 0, out  # the dispatch is a part of ours
+
+
+def test_bench_production_prints_the_cost_of_rate_limits_and_the_worker_figures() -> None:
+    out = _run("bench/bench_production.py", "--quick")
+    limits = [line.split() for line in out.splitlines() if line.startswith("202")]
+    assert {(row[0], row[1]) for row in limits} == {(f, k) for f in ("2025-11-25", "2026-07-28") for k in ("1", "4")}
+    workers = [line.split() for line in out.splitlines() if line[:3].strip() in ("1", "4") and "x [" in line
+               and not line.startswith("202")]
+    assert [row[0] for row in workers] == ["1", "4"], out
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in limits + workers), out
+    assert out.count("errors: 0") == 2, out
