@@ -228,10 +228,8 @@ class RateLimiter:
         self._fallback_until = -math.inf
         self._clock = clock
         self._on_refusal = on_refusal
-        self._states: dict[Kind, OrderedDict[tuple[str, str | None, str], _State]] = {
-            "read": OrderedDict(),
-            "write": OrderedDict(),
-        }
+        self._reads: OrderedDict[tuple[str, str | None, str], _State] = OrderedDict()
+        self._writes: OrderedDict[tuple[str, str | None, str], _State] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -245,15 +243,17 @@ class RateLimiter:
 
     def size(self, kind: Kind) -> int:
         """Buckets held for ``kind`` (for tests and metrics)."""
-        return len(self._states[kind])
+        return len(self._writes if kind == "write" else self._reads)
 
     async def acquire(self, token: VerifiedToken, kind: Kind) -> Refusal | None:
         """Charge one request of ``kind`` by ``token``'s caller; None when admitted."""
-        rate = self.write if kind == "write" else self.read
+        if kind == "write":
+            rate, states = self.write, self._writes
+        else:
+            rate, states = self.read, self._reads
         if rate is None:
             return None
         key = (token.issuer, token.tenant, token.client_id)
-        states = self._states[kind]
         now = self._clock()
         state = states.get(key)
         if state is None:
@@ -267,12 +267,19 @@ class RateLimiter:
         return await self._shared(state, kind, rate, now, token)
 
     def _local(self, state: _State, kind: Kind, rate: Rate, now: float) -> Refusal | None:
-        state.tokens, wait = take(state.tokens, state.at, now, rate)
+        # `take`, inlined: this runs on every request of a limited kind.
+        tokens = state.tokens
+        if now > state.at:
+            tokens += (now - state.at) * rate.per_second
+            if tokens > rate.burst:
+                tokens = rate.burst
         state.at = now
-        if wait == 0.0:
+        if tokens >= 1.0:
+            state.tokens = tokens - 1.0
             state.refusing = False
             return None
-        return self._refuse(state, kind, wait)
+        state.tokens = tokens
+        return self._refuse(state, kind, (1.0 - tokens) / rate.per_second)
 
     def _refuse(self, state: _State, kind: Kind, wait: float) -> Refusal:
         first = not state.refusing

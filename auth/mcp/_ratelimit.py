@@ -62,14 +62,13 @@ def read_only_tools(mcp: MCPServer) -> Callable[[str], bool]:
 
 def is_write(message: object, read_only: Callable[[str], bool]) -> bool:
     """Whether a JSON-RPC message (or batch) calls a tool that is not read-only (pure given ``read_only``)."""
-    items = message if isinstance(message, list) else (message,)
-    for item in items:
-        if isinstance(item, dict) and item.get("method") == "tools/call":
-            params = item.get("params")
-            name = params.get("name") if isinstance(params, dict) else None
-            if not (isinstance(name, str) and read_only(name)):
-                return True
-    return False
+    if isinstance(message, list):  # a batch: its items, one level (a nested list is no message)
+        return any(isinstance(item, dict) and is_write(item, read_only) for item in message)
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return False
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    return not (isinstance(name, str) and read_only(name))
 
 
 def rate_limited_body(message: object, kind: Kind, retry_after: int) -> bytes:

@@ -313,6 +313,7 @@ READ_ONLY = {"whoami", "list_notes"}
     ([{"method": "tools/call", "params": {"name": "whoami"}}, {"method": "ping"}], False),
     (None, False),
     ("garbage", False),
+    ([[{"method": "tools/call", "params": {"name": "x"}}]], False),  # a nested list is no message
 ])
 def test_is_write(message: object, write: bool) -> None:
     assert is_write(message, READ_ONLY.__contains__) is write
@@ -333,3 +334,10 @@ def test_rate_limited_body_answers_the_request_id(message: object, expected_id: 
     assert body["error"]["code"] == RATE_LIMITED
     assert body["error"]["data"] == {"error": "rate_limited", "limit": "write", "retry_after": 3, "status": 429}
     assert "rate_limited (HTTP 429)" in body["error"]["message"] and "retry after 3 s" in body["error"]["message"]
+
+
+def test_is_write_is_not_recursive_on_deep_nesting() -> None:
+    deep: object = [{"method": "tools/call", "params": {"name": "x"}}]
+    for _ in range(100_000):
+        deep = [deep]
+    assert is_write(deep, READ_ONLY.__contains__) is False
