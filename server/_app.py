@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from auth import TokenVerifier
-from auth.mcp import ToolPermissions, protect
+from auth.mcp import LeaseSource, ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
 from ._guard import HostOriginGuard
@@ -81,6 +81,7 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
     customize: Callable[[MCPServer], None] | None = None,
     audit: AuditWrite | None = None,
+    rate_leases: LeaseSource | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
 
@@ -92,6 +93,7 @@ def create_app(
             (tests and users add their own tools here).
         audit: writes the per-call audit line; `write_audit` (through ``logging``) by default,
             the `AuditWriter` from `configure_logging` when the server owns its stderr.
+        rate_leases: the rate-limit buckets the worker processes share (made before they fork).
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
     mcp = build_mcp(settings, store, audit)
@@ -145,7 +147,7 @@ def create_app(
                 *(extra_routes or [])],
         max_body=settings.max_body_bytes,
         lifespan=store_open,
-        rate_limit=rate_limiter(settings.rate_limits, store),  # None unless MCP_RATE_LIMIT_* are set
+        rate_limit=rate_limiter(settings.rate_limits, store, leases=rate_leases),  # None unless MCP_RATE_LIMIT_*
     )
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address

@@ -3,8 +3,9 @@
     MCP_RATE_LIMIT_READ=20/s:40       reads per verified client (issuer, tenant, client id); off by default
     MCP_RATE_LIMIT_WRITE=2/s:10       writes (calls of tools not marked read-only); off by default
     MCP_RATE_LIMIT_CLIENTS=10000      buckets kept per kind and process (least recently used dropped)
-    MCP_RATE_LIMIT_SHARED=            unset: shared by all instances when PostgreSQL is the store;
-                                      false: per process; true: shared, and PostgreSQL required
+    MCP_RATE_LIMIT_SHARED=            unset: shared by all instances when PostgreSQL is the store, else
+                                      by the worker processes of the instance (shared memory);
+                                      false: per process; true: through PostgreSQL, which is required
     MCP_WORKERS=                      unset or auto: the CPUs the container may use (cgroup quota,
                                       else the CPUs this process may run on), at most one per
                                       256 MiB of the memory limit; --dev: always 1
@@ -15,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from auth import ConfigError
 from auth._ratelimit import Kind, parse_rate
-from auth.mcp import Rate, RateLimiter
+from auth.mcp import LeaseSource, Rate, RateLimiter
 from tools import NotesStore, PostgresConfig, PostgresLeases, PostgresStore
 
 __all__ = ["RateLimitSettings", "rate_limit_settings", "workers_setting", "rate_limiter", "count_rejection",
@@ -34,7 +36,9 @@ class RateLimitSettings:
     read: Rate | None = None
     write: Rate | None = None
     max_clients: int = 10_000
-    shared: bool = False  # through the PostgreSQL notes store, for every instance
+    # "postgresql": one budget for all instances, through the PostgreSQL notes store; "workers": one
+    # for the worker processes of this instance (shared memory); "no": each process its own
+    shared: Literal["no", "workers", "postgresql"] = "workers"
 
     @property
     def enabled(self) -> bool:
@@ -68,8 +72,9 @@ def rate_limit_settings(env: Mapping[str, str], notes_db: Path | PostgresConfig)
     if shared and not on_postgres:
         raise ConfigError("MCP_RATE_LIMIT_SHARED", "needs PostgreSQL as the notes store (MCP_NOTES_DB or a "
                                                    "postgresql binding): the buckets are shared through it")
-    return RateLimitSettings(read=read, write=write, max_clients=int(raw) if raw else 10_000,
-                             shared=on_postgres if shared is None else shared)
+    where: Literal["no", "workers", "postgresql"] = "no" if shared is False else (
+        "postgresql" if on_postgres else "workers")
+    return RateLimitSettings(read=read, write=write, max_clients=int(raw) if raw else 10_000, shared=where)
 
 
 def workers_setting(env: Mapping[str, str], *, dev: bool = False) -> int | None:
@@ -94,14 +99,20 @@ def count_rejection(kind: Kind) -> None:
 
 
 def rate_limiter(
-    settings: RateLimitSettings, store: NotesStore, *, on_refusal: Callable[[Kind], None] | None = count_rejection
+    settings: RateLimitSettings,
+    store: NotesStore,
+    *,
+    leases: LeaseSource | None = None,
+    on_refusal: Callable[[Kind], None] | None = count_rejection,
 ) -> RateLimiter | None:
     """The limiter for ``settings`` (None when nothing is limited): buckets in this process, leased
-    from the PostgreSQL store when ``settings.shared``."""
+    from the PostgreSQL store when shared through it, else from ``leases`` (the workers' shared
+    buckets) when given and shared by workers."""
     if not settings.enabled:
         return None
-    leases = None
-    if settings.shared and isinstance(store, PostgresStore):
+    if settings.shared == "postgresql" and isinstance(store, PostgresStore):
         leases = PostgresLeases(store)
+    elif settings.shared != "workers":
+        leases = None
     return RateLimiter(read=settings.read, write=settings.write, max_clients=settings.max_clients,
                        leases=leases, on_refusal=on_refusal)

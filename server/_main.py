@@ -33,6 +33,7 @@ from ._dev_issuer import DEV_CLIENTS_SETTING, DevClient, DevIssuer, parse_dev_cl
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
+from ._shm_buckets import WorkerBuckets
 from ._tls import check_tls_files, uvicorn_tls_options
 from ._workers import detected_workers, run_workers
 
@@ -211,7 +212,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     log.info("listening on %s:%d%s with %d worker(s)", settings.host, sock.getsockname()[1], " (TLS)" if tls else "",
              workers)
     if workers > 1:  # each worker builds its own app (caches, buckets, pool) after the fork
-        return run_workers(workers, lambda _: _serve(create_app(settings, audit=audit), tls, sock), on_stop=sock.close)
+        limits = settings.rate_limits
+        leases = WorkerBuckets(2 * limits.max_clients) if limits.enabled and limits.shared == "workers" else None
+        return run_workers(workers, lambda _: _serve(create_app(settings, audit=audit, rate_leases=leases), tls, sock),
+                           on_stop=sock.close)
     # The dev verifier's HTTP client is not closed: its connections end with the process.
     return _serve(app, tls, sock)
 

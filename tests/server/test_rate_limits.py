@@ -52,10 +52,13 @@ def test_rate_limit_settings_on_sqlite(env: dict[str, str], expected: RateLimitS
     assert rate_limit_settings(env, Path("notes.db")) == expected
 
 
-@pytest.mark.parametrize(("shared", "expected"), [("", True), ("true", True), ("false", False), ("0", False)])
-def test_rate_limits_are_shared_through_postgresql_unless_switched_off(shared: str, expected: bool) -> None:
+@pytest.mark.parametrize(("shared", "where", "expected"), [
+    ("", PG, "postgresql"), ("true", PG, "postgresql"), ("false", PG, "no"), ("0", PG, "no"),
+    ("", Path("notes.db"), "workers"), ("false", Path("notes.db"), "no"),
+])
+def test_rate_limits_are_shared_through_the_store_unless_switched_off(shared: str, where: Any, expected: str) -> None:
     env = {"MCP_RATE_LIMIT_READ": "5/s", "MCP_RATE_LIMIT_SHARED": shared}
-    assert rate_limit_settings(env, PG).shared is expected
+    assert rate_limit_settings(env, where).shared == expected
 
 
 @pytest.mark.parametrize(("env", "setting"), [

@@ -161,12 +161,12 @@ def idp() -> Iterator[IdP]:
 
 
 @contextlib.contextmanager
-def production(idp: IdP, folder: Path, workers: str = "2") -> Iterator[Server]:
+def production(idp: IdP, folder: Path, workers: str = "2", **extra: str) -> Iterator[Server]:
     port = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(folder), "PYTHONPATH": str(REPO), "PORT": str(port),
            "MCP_AUTH_ISSUER": idp.issuer, "MCP_AUTH_AUDIENCE": "mcp-client",
            "MCP_RESOURCE_URL": f"http://127.0.0.1:{port}/mcp", "MCP_NOTES_DB": str(folder / "notes.db"),
-           "MCP_WORKERS": workers}
+           "MCP_WORKERS": workers, **extra}
     log = folder / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env, stdout=out,
@@ -348,3 +348,17 @@ def test_dev_mode_refuses_more_than_one_worker(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "server", "--dev"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and "MCP_WORKERS" in result.stderr and "--dev" in result.stderr
+
+
+def test_the_workers_of_an_instance_share_one_rate_limit_budget(idp: IdP, tmp_path: Path) -> None:
+    with production(idp, tmp_path, MCP_RATE_LIMIT_WRITE="1/h:4") as server:
+        url = f"http://127.0.0.1:{server.port}/mcp"
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": "2025-11-25", "Authorization": f"Bearer {idp.mint(azp='spread')}"}
+        statuses = []
+        for n in range(16):  # a new connection each time: the kernel spreads them over both workers
+            call = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                    "params": {"name": "create_note", "arguments": {"title": f"n{n}"}}}
+            with httpx.Client(timeout=10) as http:
+                statuses.append(http.post(url, json=call, headers=headers).status_code)
+        assert sorted(statuses) == [200] * 4 + [429] * 12, statuses  # per worker, it could be up to 8
