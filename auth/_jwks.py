@@ -40,6 +40,7 @@ __all__ = [
     "FetchRefused",
     "HostNotFound",
     "ConnectionRefused",
+    "transport_failure",
     "fetch_json",
     "key_thumbprint",
 ]
