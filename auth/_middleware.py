@@ -11,7 +11,7 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 
 from ._binding import certificate_check as _binding_check
 from ._challenge import error_body, error_headers
-from ._context import bind_token, reset_token
+from ._context import bind_client, bind_token, reset_client, reset_token
 from ._errors import AuthError, InvalidToken, MalformedToken, MissingToken
 from ._metadata import resource_metadata_url
 from ._request import clip, is_preflight, route_path
@@ -169,6 +169,7 @@ class BearerAuthMiddleware:
 
     async def _authenticate(self, scope: dict[str, Any]) -> tuple[str, VerifiedToken]:
         raw = bearer_token(scope.get("headers", ()), scope.get("query_string", b""))
+        client = bind_client(scope.get("client"))  # who pays for work a never-verified token causes
         try:
             token = await self._verifier.verify(raw)
         except AuthError:
@@ -176,6 +177,8 @@ class BearerAuthMiddleware:
         except Exception as exc:  # a verifier bug must not become a bare 500 without a challenge
             log.exception("token verifier failed unexpectedly")
             raise InvalidToken(f"verifier error: {type(exc).__name__}") from exc
+        finally:
+            reset_client(client)
         if self._certificate_check is not None:
             self._certificate_check(scope, token)
         return raw, token
