@@ -241,6 +241,16 @@ def bare_endpoint(front: Any = None, *, sdk_only: bool = False) -> Iterator[str]
         raise RuntimeError("internal detail 5e1c")
 
     @mcp.tool()
+    async def number(x: float) -> float:
+        """Return the number (NaN and infinities included)."""
+        return x
+
+    @mcp.tool()
+    async def lone_surrogate() -> str:
+        """A str that is not valid Unicode, as a tool might return one."""
+        return "half \ud800 a pair"
+
+    @mcp.tool()
     async def with_cleanup(ctx: Context) -> str:
         """Registers a cleanup on its connection's exit stack (it must run after the call)."""
         ctx.request_context.session._connection.exit_stack.callback(CLEANUPS.append, "done")
@@ -352,6 +362,43 @@ MODERN_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
 
 _LEGACY = [("mcp-protocol-version", "2025-11-25")]
 
+# Bodies the SDK's two parsers (pydantic_core for 2025-11-25, json.loads for 2026-07-28) treat
+# differently: lone surrogates (escaped or UTF-8-encoded), UTF-16/32 and BOM-prefixed bodies,
+# NaN and infinities, nesting deeper than pydantic_core's limit, and results that are not valid
+# Unicode. Built from a well-formed body by a byte-level edit, for both framings alike.
+_LONE = "\\ud800"  # the JSON escape of a lone surrogate, as bytes in the body
+
+
+def _odd_bodies(call: dict[str, Any], number: dict[str, Any], lone: dict[str, Any],
+                ) -> dict[str, tuple[object, dict[str, str]]]:
+    """Case name -> (body, extra header edits) for the parser-difference cases of one framing."""
+    plain = json.dumps(call)
+    assert '"id": 1' in plain and '"echo"' in plain and '"hi"' in plain
+    deep = {**call, "params": {**call["params"], "arguments": {"text": "hi", "x": json.loads("[" * 300 + "]" * 300)}}}
+    return {
+        "surrogate_in_id": (plain.replace('"id": 1', f'"id": "{_LONE}"').encode(), {}),
+        "surrogate_in_method": (plain.replace('"tools/call"', f'"tools/call{_LONE}"').encode(), {}),
+        "surrogate_in_tool_name": (plain.replace('"echo"', f'"echo{_LONE}"').encode(), {}),
+        "surrogate_in_argument": (plain.replace('"hi"', f'"hi{_LONE}"').encode(), {}),
+        "utf8_encoded_surrogate": (plain.encode().replace(b'"hi"', b'"hi\xed\xa0\x80"'), {}),
+        "utf16_body": (plain.encode("utf-16"), {}),
+        "utf16le_body": (plain.encode("utf-16-le"), {}),
+        "utf32_body": (plain.encode("utf-32"), {}),
+        "bom_body": (b"\xef\xbb\xbf" + plain.encode(), {}),
+        "nan_in_id": (plain.replace('"id": 1', '"id": NaN').encode(), {}),
+        "infinity_in_id": (plain.replace('"id": 1', '"id": -Infinity').encode(), {}),
+        "nan_argument": (json.dumps(number).replace('"x": 1.5', '"x": NaN').encode(), {"mcp-name": "number"}),
+        "infinity_argument": (json.dumps(number).replace('"x": 1.5', '"x": Infinity').encode(),
+                              {"mcp-name": "number"}),
+        "nesting_deeper_than_pydantic_core": (json.dumps(deep).encode(), {}),
+        "surrogate_in_result": (json.dumps(lone).encode(), {"mcp-name": "lone_surrogate"}),
+    }
+
+
+def _with_headers(odd: dict[str, tuple[object, dict[str, str]]], base: list[tuple[str, str]],
+                  ) -> dict[str, tuple[object, list[tuple[str, str]]]]:
+    return {name: (body, [(k, edits.get(k, v)) for k, v in base]) for name, (body, edits) in odd.items()}
+
 
 def _legacy(method: str, params: dict[str, Any] | None, *, id: object = 1) -> dict[str, Any]:
     return {**_modern(method, params, id=id, meta=False), **({} if params is not None else {"params": {}})}
@@ -373,7 +420,16 @@ LEGACY_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
                                                          ("content-type", "application/json")]),
     "accept_twice": (_legacy("tools/list", None), [*_LEGACY, ("accept", "text/event-stream"),
                                                    ("accept", "application/json, text/event-stream")]),
+    **_with_headers(_odd_bodies(_legacy("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+                                _legacy("tools/call", {"name": "number", "arguments": {"x": 1.5}}),
+                                _legacy("tools/call", {"name": "lone_surrogate", "arguments": {}})), _LEGACY),
 }
+_SDK_500 = LEGACY_CASES.pop("surrogate_in_result")  # the SDK's 2025 transport answers 500: tested below
+
+MODERN_CASES.update(_with_headers(_odd_bodies(_modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+                                              _modern("tools/call", {"name": "number", "arguments": {"x": 1.5}}),
+                                              _modern("tools/call", {"name": "lone_surrogate", "arguments": {}})),
+                                  [*_CALL_HEADERS, ("mcp-name", "echo")]))
 
 
 def _post(url: str, case: str, cases: dict[str, tuple[object, list[tuple[str, str]]]] = MODERN_CASES,
@@ -413,6 +469,19 @@ def test_legacy_request_gets_exactly_the_sdks_answer(endpoint_and_sdk: tuple[str
     assert (status, body) == _post(sdk, case, LEGACY_CASES)
     if case in ("call", "list"):
         assert status == 200 and isinstance(body, dict) and "result" in body
+
+
+@pytest.mark.parametrize("modern", [False, True])
+def test_a_result_with_a_lone_surrogate_is_escaped_never_a_500(endpoint_and_sdk: tuple[str, str],
+                                                                modern: bool) -> None:
+    ours, sdk = endpoint_and_sdk
+    cases = MODERN_CASES if modern else {"surrogate_in_result": _SDK_500}
+    status, body = _post(ours, "surrogate_in_result", cases)
+    assert status == 200, body
+    assert isinstance(body, dict) and body["result"]["content"][0]["text"] == "half \ud800 a pair"
+    # The SDK's 2026 entry escapes it too (json.dumps); its 2025 transport fails to serialize it (500).
+    sdk_status, sdk_body = _post(sdk, "surrogate_in_result", cases)
+    assert (sdk_status, sdk_body) == (200, body) if modern else sdk_status == 500
 
 
 def test_modern_call_is_served_without_the_sdks_entry(monkeypatch: pytest.MonkeyPatch) -> None:
