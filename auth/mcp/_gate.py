@@ -253,10 +253,11 @@ def _jsonrpc_denial(message: object, exc: InsufficientScope) -> bytes | None:
     if not isinstance(message, dict) or "id" not in message:
         return None
     scope = " ".join(sorted(exc.required))
+    request_id = message["id"]  # echoed when it is a JSON-RPC id MCP accepts (NaN would make the body invalid JSON)
     return json.dumps(
         {
             "jsonrpc": "2.0",
-            "id": message["id"],
+            "id": request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None,
             "error": {
                 "code": FORBIDDEN,
                 "message": f"insufficient_scope (HTTP 403): {exc.description}",

@@ -11,6 +11,7 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,19 @@ import pytest
 from mcp.server.mcpserver import Context, MCPServer
 
 from auth.mcp import requires
+from auth.mcp._gate import FORBIDDEN
 from tests._live import running_server
 
-from .conftest import ENVELOPE, JSON_HEADERS, LEGACY_HEADERS, DevServer, build_dev_app, modern_headers, tool_call
+from .conftest import (
+    ENVELOPE,
+    JSON_HEADERS,
+    LEGACY_HEADERS,
+    DevServer,
+    build_dev_app,
+    dev_server,
+    modern_headers,
+    tool_call,
+)
 from .test_dev_mode import dev_processes
 
 pytestmark = pytest.mark.timeout(60)
@@ -510,3 +521,101 @@ def test_cleanup_a_tool_registers_runs_after_its_call(endpoint_and_sdk: tuple[st
     response = httpx.post(ours, json=tool_call("with_cleanup", {}, modern=modern), headers=headers, timeout=10)
     assert response.status_code == 200 and response.json()["result"]["isError"] is False, response.text
     assert CLEANUPS == ["done"]  # the teardown skipped only when nothing was registered
+
+
+# --- the whole server (token, tool gate, endpoint) against the bare SDK, on bodies its parsers differ on ----
+
+def _note_bodies(modern: bool) -> dict[str, bytes]:
+    """``create_note`` calls whose bodies the SDK's parser for the framing may refuse (issue 15, item 4)."""
+    plain = json.dumps(tool_call("create_note", {"title": "odd body", "body": "b"}, modern=modern))
+    assert plain.count('"id": 1') == 1 and plain.count('"create_note"') == 1
+    extra = plain.replace('"body": "b"', '"body": "b", "x": {}')
+    return {
+        "well_formed": plain.encode(),
+        "surrogate_in_id": plain.replace('"id": 1', f'"id": "{_LONE}"').encode(),
+        "surrogate_in_method": plain.replace('"tools/call"', f'"tools/call{_LONE}"').encode(),
+        "surrogate_in_tool_name": plain.replace('"create_note"', f'"create_note{_LONE}"').encode(),
+        "utf8_encoded_surrogate_in_id": plain.encode().replace(b'"id": 1', b'"id": "\xed\xa0\x80"'),
+        "utf16_body": plain.encode("utf-16"),
+        "utf32_body": plain.encode("utf-32"),
+        "bom_body": b"\xef\xbb\xbf" + plain.encode(),
+        "nan_in_id": plain.replace('"id": 1', '"id": NaN').encode(),
+        "infinity_in_id": plain.replace('"id": 1', '"id": Infinity').encode(),
+        "nan_argument": extra.replace('"x": {}', '"x": NaN').encode(),
+        "infinity_argument": extra.replace('"x": {}', '"x": -Infinity').encode(),
+    }
+
+
+def _sdk_twin(base_url: str) -> Any:
+    """The bare SDK (its own stateless JSON app, no auth) with a ``create_note`` of the same signature."""
+    mcp = MCPServer("twin", log_level="WARNING")
+
+    @mcp.tool()
+    async def create_note(title: str, body: str = "") -> dict[str, str]:
+        """Stands in for the real tool: the SDK's answer depends on parsing and dispatch, not on this body."""
+        return {"title": title}
+
+    return mcp.streamable_http_app(json_response=True, stateless_http=True)
+
+
+@pytest.fixture(scope="module")
+def server_and_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer, Path, str]]:
+    db = tmp_path_factory.mktemp("odd") / "notes.db"
+    with dev_server(db) as srv, running_server(factory=_sdk_twin, lifespan="on") as sdk:
+        yield srv, db, sdk + "/mcp"
+
+
+def _note_count(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM notes").fetchone()[0])
+
+
+def _outcome(response: httpx.Response) -> tuple[int, object]:
+    """HTTP status and JSON-RPC error code ("result" for a result, None for no body, "not JSON" for NaN & co)."""
+    if not response.content:
+        return response.status_code, None
+    try:
+        body = json.loads(response.content, parse_constant=_not_json)
+    except ValueError:
+        return response.status_code, "not JSON"
+    if not isinstance(body, dict):
+        return response.status_code, type(body).__name__
+    return response.status_code, body["error"]["code"] if "error" in body else "result" if "result" in body else None
+
+
+def _not_json(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+_ODD_CASES = [(modern, case) for modern in (False, True) for case in _note_bodies(modern)]
+
+
+@pytest.mark.parametrize(("modern", "case"), _ODD_CASES)
+def test_odd_body_gets_the_sdks_answer_and_runs_a_tool_only_where_the_sdk_would(
+    server_and_sdk: tuple[DevServer, Path, str], modern: bool, case: str
+) -> None:
+    srv, db, sdk = server_and_sdk
+    raw = _note_bodies(modern)[case]
+    headers = {**JSON_HEADERS, **(modern_headers("create_note") if modern else LEGACY_HEADERS)}
+    expected = _outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
+    before = _note_count(db)
+    ours = _outcome(srv.rpc(srv.token("dev-full"), None, headers, raw=raw))
+    assert ours == expected
+    assert ours[0] != 500
+    assert _note_count(db) == before + (1 if expected[1] == "result" else 0)  # the tool ran iff the SDK's would
+
+
+@pytest.mark.parametrize(("modern", "case"), _ODD_CASES)
+def test_odd_body_with_a_read_token_never_writes(
+    server_and_sdk: tuple[DevServer, Path, str], modern: bool, case: str
+) -> None:
+    srv, db, sdk = server_and_sdk
+    raw = _note_bodies(modern)[case]
+    headers = {**JSON_HEADERS, **(modern_headers("create_note") if modern else LEGACY_HEADERS)}
+    expected = _outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
+    before = _note_count(db)
+    ours = _outcome(srv.rpc(srv.token("dev-read"), None, headers, raw=raw))
+    # Where the SDK would run the tool, the gate saw the same name and refused it; elsewhere a refusal,
+    # the gate's (it saw create_note) or the SDK's.
+    assert ours == (403, FORBIDDEN) if expected[1] == "result" else ours in ((403, FORBIDDEN), expected)
+    assert _note_count(db) == before
