@@ -10,9 +10,10 @@ handler directly; otherwise the SDK's middleware runs exactly as before.
 
 A malformed trace context is ignored, never an error: the SDK's extraction raises on a
 propagator field that is not a string (``"baggage": 5`` gives ``INTERNAL_ERROR`` and a traceback
-per request), and the W3C baggage propagator logs a too-long value whole. Such fields (not a
-string, or over 8192 characters, more than any W3C trace header may be) are dropped from the
-carrier the SDK's middleware extracts from; the handler still sees the request's own ``_meta``.
+per request), and the W3C baggage propagator logs a too-long value whole. Such fields (anything
+but an ASCII string of at most 8192 characters: W3C trace headers are ASCII, and 8192 bytes is
+the baggage limit) are dropped from the carrier the SDK's middleware extracts from; the handler
+still sees the request's own ``_meta``.
 Should the middleware fail anyway before the handler runs (another propagator), the request is
 served without its span. None of this runs while tracing is off and ``_meta`` has no trace fields.
 """
@@ -35,7 +36,7 @@ __all__ = ["QuietTelemetry", "quiet_telemetry"]
 log = logging.getLogger("server")
 
 MAX_FIELD = 8192
-"""Longest propagator field kept (the W3C baggage limit in bytes; a longer one is invalid anyway)."""
+"""Longest propagator field kept (the W3C baggage limit in bytes; fields are ASCII, so characters)."""
 
 
 class QuietTelemetry:
@@ -70,7 +71,7 @@ class QuietTelemetry:
         bad = []
         for field in self._carrier_fields():
             value = meta.get(field)
-            if value is not None and (not isinstance(value, str) or len(value) > MAX_FIELD):
+            if value is not None and not (isinstance(value, str) and len(value) <= MAX_FIELD and value.isascii()):
                 bad.append(field)
         return bad
 
