@@ -100,10 +100,12 @@ def served(idp: IdP) -> Iterator[tuple[str, list[int], str, list[int]]]:
 
 
 def outcome(response: httpx.Response) -> tuple[int, object]:
+    """HTTP status and the JSON-RPC error code ("result" for a result; an OAuth error's code as given)."""
     if not response.content:
         return response.status_code, None
     body = response.json()
-    return response.status_code, body["error"]["code"] if "error" in body else "result"
+    error = body.get("error")
+    return response.status_code, error["code"] if isinstance(error, dict) else error or "result"
 
 
 CASES = [(modern, case) for modern in (False, True) for case in bodies(modern)]

@@ -580,7 +580,9 @@ def _outcome(response: httpx.Response) -> tuple[int, object]:
         return response.status_code, "not JSON"
     if not isinstance(body, dict):
         return response.status_code, type(body).__name__
-    return response.status_code, body["error"]["code"] if "error" in body else "result" if "result" in body else None
+    error = body.get("error")  # a JSON-RPC error object, or an OAuth error code
+    return response.status_code, error["code"] if isinstance(error, dict) else error or (
+        "result" if "result" in body else None)
 
 
 def _not_json(name: str) -> object:
