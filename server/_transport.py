@@ -61,7 +61,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import DEFAULT_NEGOTIATED_VERSION, JSONRPCError, JSONRPCRequest, JSONRPCResponse, jsonrpc_message_adapter
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, SchemaSerializer, core_schema
 from starlette.requests import Request
 
 __all__ = ["MCPEndpoint", "read_body", "BodyTooLarge", "BODY_KEY", "MESSAGE_KEY"]
@@ -270,8 +270,8 @@ class MCPEndpoint:
             reply = JSONRPCError(jsonrpc="2.0", id=req.id, error=error)
             await _reply(send, ERROR_CODE_HTTP_STATUS.get(error.code, 200), _json(reply, exclude_none=True))
             return True
-        try:  # NaN and infinities as null, as the SDK's model_dump(mode="json") writes them
-            payload = pydantic_core.to_json({"jsonrpc": "2.0", "id": req.id, "result": result}, inf_nan_mode="null")
+        try:
+            payload = _to_json({"jsonrpc": "2.0", "id": req.id, "result": result})
         except PydanticSerializationError:  # a lone surrogate: escaped, as the SDK's json.dumps does
             payload = _escaped(JSONRPCResponse(jsonrpc="2.0", id=req.id, result=result), exclude_none=True)
         await _reply(send, 200, payload)
@@ -284,6 +284,9 @@ class MCPEndpoint:
 
 
 _UNPARSED = object()
+
+_to_json = SchemaSerializer(core_schema.any_schema(), core_schema.CoreConfig(ser_json_inf_nan="null")).to_json
+"""JSON of plain data, NaN and infinities as null as the SDK's ``model_dump(mode="json")`` writes them (built once)."""
 
 
 async def _serve_one(
