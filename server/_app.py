@@ -7,6 +7,7 @@ Request path, outermost first::
                            /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
+    RequireToken           401 for whatever arrives without a verified principal (fail closed)
     MCPEndpoint            one exchange per ASGI call, through the MCP SDK (stateless, JSON
                            responses: any instance can serve any request)
 """
