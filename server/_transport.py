@@ -15,11 +15,12 @@ entries build: tool dispatch, input validation, middleware and result shaping st
 Everything else (notifications, responses, batches, bad JSON, wrong headers, any refused rung,
 other paths) is handed to the SDK's own entry unchanged, with the body replayed, so every error
 answer is exactly the SDK's (``tests/server/test_transport.py`` compares them). Host, Origin
-and Content-Type are checked in front (``HostOriginGuard`` and here), once. One deliberate
-difference on the 2025 path: an unexpected exception outside the tools (tool failures are
+and Content-Type are checked in front (``HostOriginGuard`` and here), once. Two deliberate
+differences on the 2025 path: an unexpected exception outside the tools (tool failures are
 already ``isError`` results) is answered with the SDK's modern mapping, a generic
 ``INTERNAL_ERROR`` with the details only in the log, where the SDK's 2025 dispatcher would send
-``code 0`` and the exception's text.
+``code 0`` and the exception's text; and a result holding a lone surrogate is sent escaped
+(below), where the SDK's 2025 transport fails to serialize it and answers 500.
 
 The body is read once, capped at ``max_body`` (413 beyond it), and parsed once, with the SDK's
 parser for its generation: ``pydantic_core.from_json`` for 2025-11-25, ``json.loads`` for
