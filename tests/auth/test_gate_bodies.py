@@ -9,7 +9,6 @@ token never runs a write tool, and a write token runs it exactly where the bare 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from auth.mcp import protect, requires
 from auth.mcp._gate import FORBIDDEN
 from tests._idp import IdP
 from tests._live import running_server
+from tests._odd_bodies import odd_bodies, outcome
 
 from ._cases import AUDIENCE
 from ._support import issuer_config, settings_for
@@ -33,26 +33,13 @@ ENVELOPE = {
     "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
     "io.modelcontextprotocol/clientCapabilities": {},
 }
-LONE = "\\ud800"  # a lone surrogate's JSON escape, as it appears in the body
 
 
 def bodies(modern: bool) -> dict[str, bytes]:
     params: dict[str, Any] = {"name": "archive", "arguments": {"note_id": 7}}
     if modern:
         params["_meta"] = ENVELOPE
-    plain = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
-    deep = plain.replace('"note_id": 7', '"note_id": 7, "x": ' + "[" * 300 + "]" * 300)
-    return {
-        "well_formed": plain.encode(),
-        "surrogate_in_id": plain.replace('"id": 1', f'"id": "{LONE}"').encode(),
-        "surrogate_in_tool_name": plain.replace('"archive"', f'"archive{LONE}"').encode(),
-        "utf8_encoded_surrogate_in_id": plain.encode().replace(b'"id": 1', b'"id": "\xed\xa0\x80"'),
-        "utf16_body": plain.encode("utf-16"),
-        "utf32_body": plain.encode("utf-32"),
-        "bom_body": b"\xef\xbb\xbf" + plain.encode(),
-        "nan_argument": plain.replace('"note_id": 7', '"note_id": 7, "x": NaN').encode(),
-        "nesting_deeper_than_pydantic_core": deep.encode(),
-    }
+    return odd_bodies({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
 
 
 def headers(modern: bool, token: str | None) -> dict[str, str]:
@@ -97,15 +84,6 @@ def served(idp: IdP) -> Iterator[tuple[str, list[int], str, list[int]]]:
     with running_server(factory=protected, lifespan="on") as base, \
             running_server(factory=sdk, lifespan="on") as bare_base:
         yield base + "/mcp", ours, bare_base + "/mcp", bare
-
-
-def outcome(response: httpx.Response) -> tuple[int, object]:
-    """HTTP status and the JSON-RPC error code ("result" for a result; an OAuth error's code as given)."""
-    if not response.content:
-        return response.status_code, None
-    body = response.json()
-    error = body.get("error")
-    return response.status_code, error["code"] if isinstance(error, dict) else error or "result"
 
 
 CASES = [(modern, case) for modern in (False, True) for case in bodies(modern)]

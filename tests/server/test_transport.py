@@ -24,6 +24,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from auth.mcp import requires
 from auth.mcp._gate import FORBIDDEN
 from tests._live import running_server
+from tests._odd_bodies import LONE, odd_bodies, outcome
 
 from .conftest import (
     ENVELOPE,
@@ -374,34 +375,23 @@ MODERN_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
 _LEGACY = [("mcp-protocol-version", "2025-11-25")]
 
 # Bodies the SDK's two parsers (pydantic_core for 2025-11-25, json.loads for 2026-07-28) treat
-# differently: lone surrogates (escaped or UTF-8-encoded), UTF-16/32 and BOM-prefixed bodies,
-# NaN and infinities, nesting deeper than pydantic_core's limit, and results that are not valid
-# Unicode. Built from a well-formed body by a byte-level edit, for both framings alike.
-_LONE = "\\ud800"  # the JSON escape of a lone surrogate, as bytes in the body
+# differently (tests/_odd_bodies.py), plus a lone surrogate in an argument the tool echoes, a
+# UTF-16 body without BOM, NaN and infinities in a result, and a result that is not valid Unicode.
 
 
 def _odd_bodies(call: dict[str, Any], number: dict[str, Any], lone: dict[str, Any],
                 ) -> dict[str, tuple[object, dict[str, str]]]:
     """Case name -> (body, extra header edits) for the parser-difference cases of one framing."""
     plain = json.dumps(call)
-    assert '"id": 1' in plain and '"echo"' in plain and '"hi"' in plain
-    deep = {**call, "params": {**call["params"], "arguments": {"text": "hi", "x": json.loads("[" * 300 + "]" * 300)}}}
+    assert plain.count('"hi"') == 1 and '"x": 1.5' in json.dumps(number)
     return {
-        "surrogate_in_id": (plain.replace('"id": 1', f'"id": "{_LONE}"').encode(), {}),
-        "surrogate_in_method": (plain.replace('"tools/call"', f'"tools/call{_LONE}"').encode(), {}),
-        "surrogate_in_tool_name": (plain.replace('"echo"', f'"echo{_LONE}"').encode(), {}),
-        "surrogate_in_argument": (plain.replace('"hi"', f'"hi{_LONE}"').encode(), {}),
-        "utf8_encoded_surrogate": (plain.encode().replace(b'"hi"', b'"hi\xed\xa0\x80"'), {}),
-        "utf16_body": (plain.encode("utf-16"), {}),
+        **{case: (raw, {}) for case, raw in odd_bodies(call).items() if case != "well_formed"},
+        "surrogate_in_echoed_argument": (plain.replace('"hi"', f'"hi{LONE}"').encode(), {}),
+        "utf8_encoded_surrogate_in_echoed_argument": (plain.encode().replace(b'"hi"', b'"hi\xed\xa0\x80"'), {}),
         "utf16le_body": (plain.encode("utf-16-le"), {}),
-        "utf32_body": (plain.encode("utf-32"), {}),
-        "bom_body": (b"\xef\xbb\xbf" + plain.encode(), {}),
-        "nan_in_id": (plain.replace('"id": 1', '"id": NaN').encode(), {}),
-        "infinity_in_id": (plain.replace('"id": 1', '"id": -Infinity').encode(), {}),
-        "nan_argument": (json.dumps(number).replace('"x": 1.5', '"x": NaN').encode(), {"mcp-name": "number"}),
-        "infinity_argument": (json.dumps(number).replace('"x": 1.5', '"x": Infinity').encode(),
-                              {"mcp-name": "number"}),
-        "nesting_deeper_than_pydantic_core": (json.dumps(deep).encode(), {}),
+        "nan_in_result": (json.dumps(number).replace('"x": 1.5', '"x": NaN').encode(), {"mcp-name": "number"}),
+        "infinity_in_result": (json.dumps(number).replace('"x": 1.5', '"x": Infinity').encode(),
+                               {"mcp-name": "number"}),
         "surrogate_in_result": (json.dumps(lone).encode(), {"mcp-name": "lone_surrogate"}),
     }
 
@@ -527,23 +517,7 @@ def test_cleanup_a_tool_registers_runs_after_its_call(endpoint_and_sdk: tuple[st
 
 def _note_bodies(modern: bool) -> dict[str, bytes]:
     """``create_note`` calls whose bodies the SDK's parser for the framing may refuse (issue 15, item 4)."""
-    plain = json.dumps(tool_call("create_note", {"title": "odd body", "body": "b"}, modern=modern))
-    assert plain.count('"id": 1') == 1 and plain.count('"create_note"') == 1
-    extra = plain.replace('"body": "b"', '"body": "b", "x": {}')
-    return {
-        "well_formed": plain.encode(),
-        "surrogate_in_id": plain.replace('"id": 1', f'"id": "{_LONE}"').encode(),
-        "surrogate_in_method": plain.replace('"tools/call"', f'"tools/call{_LONE}"').encode(),
-        "surrogate_in_tool_name": plain.replace('"create_note"', f'"create_note{_LONE}"').encode(),
-        "utf8_encoded_surrogate_in_id": plain.encode().replace(b'"id": 1', b'"id": "\xed\xa0\x80"'),
-        "utf16_body": plain.encode("utf-16"),
-        "utf32_body": plain.encode("utf-32"),
-        "bom_body": b"\xef\xbb\xbf" + plain.encode(),
-        "nan_in_id": plain.replace('"id": 1', '"id": NaN').encode(),
-        "infinity_in_id": plain.replace('"id": 1', '"id": Infinity').encode(),
-        "nan_argument": extra.replace('"x": {}', '"x": NaN').encode(),
-        "infinity_argument": extra.replace('"x": {}', '"x": -Infinity').encode(),
-    }
+    return odd_bodies(tool_call("create_note", {"title": "odd body", "body": "b"}, modern=modern))
 
 
 def _sdk_twin(base_url: str) -> Any:
@@ -570,25 +544,6 @@ def _note_count(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM notes").fetchone()[0])
 
 
-def _outcome(response: httpx.Response) -> tuple[int, object]:
-    """HTTP status and JSON-RPC error code ("result" for a result, None for no body, "not JSON" for NaN & co)."""
-    if not response.content:
-        return response.status_code, None
-    try:
-        body = json.loads(response.content, parse_constant=_not_json)
-    except ValueError:
-        return response.status_code, "not JSON"
-    if not isinstance(body, dict):
-        return response.status_code, type(body).__name__
-    error = body.get("error")  # a JSON-RPC error object, or an OAuth error code
-    return response.status_code, error["code"] if isinstance(error, dict) else error or (
-        "result" if "result" in body else None)
-
-
-def _not_json(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
 _ODD_CASES = [(modern, case) for modern in (False, True) for case in _note_bodies(modern)]
 
 
@@ -599,9 +554,9 @@ def test_odd_body_gets_the_sdks_answer_and_runs_a_tool_only_where_the_sdk_would(
     srv, db, sdk = server_and_sdk
     raw = _note_bodies(modern)[case]
     headers = {**JSON_HEADERS, **(modern_headers("create_note") if modern else LEGACY_HEADERS)}
-    expected = _outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
+    expected = outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
     before = _note_count(db)
-    ours = _outcome(srv.rpc(srv.token("dev-full"), None, headers, raw=raw))
+    ours = outcome(srv.rpc(srv.token("dev-full"), None, headers, raw=raw))
     assert ours == expected
     assert ours[0] != 500
     assert _note_count(db) == before + (1 if expected[1] == "result" else 0)  # the tool ran iff the SDK's would
@@ -614,9 +569,9 @@ def test_odd_body_with_a_read_token_never_writes(
     srv, db, sdk = server_and_sdk
     raw = _note_bodies(modern)[case]
     headers = {**JSON_HEADERS, **(modern_headers("create_note") if modern else LEGACY_HEADERS)}
-    expected = _outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
+    expected = outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
     before = _note_count(db)
-    ours = _outcome(srv.rpc(srv.token("dev-read"), None, headers, raw=raw))
+    ours = outcome(srv.rpc(srv.token("dev-read"), None, headers, raw=raw))
     # Where the SDK would run the tool, the gate saw the same name and refused it; elsewhere a refusal,
     # the gate's (it saw create_note) or the SDK's.
     assert ours == (403, FORBIDDEN) if expected[1] == "result" else ours in ((403, FORBIDDEN), expected)
