@@ -3,7 +3,8 @@
 `load_settings` is pure: it takes a mapping (``os.environ`` in production, a dict in tests)
 and either returns `AuthSettings` or raises `ConfigError` naming the offending setting.
 On Cloud Foundry an ``identity`` binding (and optionally an ``xsuaa`` binding) in
-``VCAP_SERVICES`` supplies what the environment leaves unset.
+``VCAP_SERVICES`` supplies what the environment leaves unset; on Kubernetes (Kyma) the same
+bindings mounted under ``SERVICE_BINDING_ROOT`` do, read by the same rules (`service_bindings`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlsplit
 from ._errors import ConfigError
 from ._jws import SUPPORTED_ALGORITHMS
 from ._permissions import parse_permission_name
+from ._service_bindings import service_bindings
 
 __all__ = ["AuthSettings", "IssuerConfig", "Profile", "CertBinding", "load_settings", "is_loopback_url"]
 
@@ -173,6 +175,9 @@ def _pairs(env: Mapping[str, str], name: str, sep: str) -> list[tuple[str, str]]
     return pairs
 
 
+_NO_ISSUER = (
+    "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES, or SERVICE_BINDING_ROOT)"
+)
 BINDING_SETTINGS = {"identity": "MCP_AUTH_IDENTITY_SERVICE", "xsuaa": "MCP_AUTH_XSUAA_SERVICE"}
 
 
@@ -264,22 +269,17 @@ def _resource_url(env: Mapping[str, str], resource_path: str) -> str:
 
 
 def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> AuthSettings:
-    """Build `AuthSettings` from environment variables and ``VCAP_SERVICES``.
+    """Build `AuthSettings` from environment variables, ``VCAP_SERVICES`` and ``SERVICE_BINDING_ROOT``.
 
     Raises:
         ConfigError: a setting is missing or invalid; the message names it.
     """
-    try:
-        vcap = json.loads(env.get("VCAP_SERVICES") or "{}")
-    except ValueError as exc:
-        raise ConfigError("VCAP_SERVICES", "is not valid JSON") from exc
-    if not isinstance(vcap, dict):
-        raise ConfigError("VCAP_SERVICES", "must be a JSON object")
+    vcap = service_bindings(env)  # VCAP_SERVICES and the folders under SERVICE_BINDING_ROOT: one set of rules
     identity = _vcap_binding(vcap, "identity", env)
     xsuaa = _vcap_binding(vcap, "xsuaa", env)
     if not (env.get("MCP_AUTH_ISSUER", "").strip() or env.get("MCP_AUTH_ISSUERS", "").strip() or identity or xsuaa):
         raise ConfigError(
-            "MCP_AUTH_ISSUER", "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES)"
+            "MCP_AUTH_ISSUER", _NO_ISSUER
         )
     resource_url = _resource_url(env, resource_path)
 
@@ -304,7 +304,10 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
     if not env_issuers and identity and isinstance(identity.get("url"), str):
         env_issuers = (identity["url"].rstrip("/"),)
     if _bool(env, "MCP_AUTH_MULTI_TENANT", False) and not domains and identity:
-        domains = tuple(d for d in identity.get("domains") or () if isinstance(d, str))
+        bound_domains = identity.get("domains") or []
+        if not isinstance(bound_domains, list):  # a string would be read letter by letter
+            raise ConfigError("MCP_AUTH_IAS_DOMAINS", "the identity binding's domains is not a list: set this instead")
+        domains = tuple(d for d in bound_domains if isinstance(d, str))
     if env_issuers:
         if jwks_uri and len(env_issuers) > 1:
             raise ConfigError("MCP_AUTH_JWKS_URI", "one JWKS URI cannot serve several issuers; use MCP_AUTH_ISSUERS")
@@ -340,7 +343,7 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         )
     if not issuers:
         raise ConfigError(
-            "MCP_AUTH_ISSUER", "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES)"
+            "MCP_AUTH_ISSUER", _NO_ISSUER
         )
     for issuer_config in issuers:
         if not issuer_config.audiences:
