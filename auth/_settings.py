@@ -74,6 +74,9 @@ class AuthSettings:
     jwks_min_refresh_s: float = 5.0  # an unknown kid refreshes an issuer's keys at most this often
     jwks_max_stale_s: float = 3600.0  # keys keep serving this long past their TTL while refreshes fail
     ca_file: str | None = None  # extra trusted CAs (PEM) for discovery and key fetches
+    # With trust_forwarded_client_cert behind an Istio sidecar: the SPIFFE ID of the ingress gateway, whose
+    # element (the one before the sidecar's) carries the client certificate. None: the last element.
+    forwarded_client_cert_gateway: str | None = None
 
     def __post_init__(self) -> None:
         if not self.issuers:
@@ -92,6 +95,8 @@ class AuthSettings:
             )
         if not 0 <= self.leeway_s <= 300:
             raise ConfigError("MCP_AUTH_LEEWAY", "must be between 0 and 300 seconds")
+        if self.forwarded_client_cert_gateway is not None:
+            _check_spiffe_id(self.forwarded_client_cert_gateway, self.trust_forwarded_client_cert)
 
     @property
     def issuer_urls(self) -> tuple[str, ...]:
@@ -132,6 +137,15 @@ def check_issuer_url(url: str, setting: str, *, allow_query: bool = False) -> st
     if any(c.isspace() for c in url):
         raise ConfigError(setting, f"must not contain whitespace: {url!r}")
     return url
+
+
+def _check_spiffe_id(value: str, trusted: bool) -> None:
+    """``MCP_AUTH_XFCC_GATEWAY``: a ``spiffe://`` ID, meaningful only with ``MCP_AUTH_TRUST_XFCC``."""
+    if not trusted:
+        raise ConfigError("MCP_AUTH_XFCC_GATEWAY", "needs MCP_AUTH_TRUST_XFCC=true")
+    if not value.startswith("spiffe://") or len(value) > 2048 or any(c.isspace() or c in ',;"=' for c in value):
+        problem = f"must be a spiffe:// ID (no spaces, commas, semicolons, quotes or =), got {value[:80]!r}"
+        raise ConfigError("MCP_AUTH_XFCC_GATEWAY", problem)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -373,6 +387,7 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         token_cache_size=int(_number(env, "MCP_AUTH_TOKEN_CACHE_SIZE", 10_000, 0, 1_000_000)),
         cert_binding=cert_binding,
         trust_forwarded_client_cert=_bool(env, "MCP_AUTH_TRUST_XFCC", False),
+        forwarded_client_cert_gateway=env.get("MCP_AUTH_XFCC_GATEWAY", "").strip() or None,
         jwks_min_refresh_s=_number(env, "MCP_AUTH_JWKS_MIN_REFRESH", 5, 0.1, 600),
         jwks_max_stale_s=_number(env, "MCP_AUTH_JWKS_MAX_STALE", 3600, 0, 7 * 86_400),
         ca_file=_ca_file(env),
