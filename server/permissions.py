@@ -6,6 +6,9 @@ identity application notes-mcp-ias -c ias-config.json``) must provide exactly th
 with a description; ``mta.yaml`` and ``deploy/kyma/identity.yaml`` carry a copy of that file
 between ``# BEGIN generated`` and ``# END generated``.
 
+The XSUAA component's scopes (``deploy/kyma/components/xsuaa/xsuaa.yaml``, ``$XSAPPNAME.<group>``)
+are checked too, and edited by hand.
+
 ``--check`` (the default) exits 1 naming every difference; ``--write`` adds the missing groups to
 ``ias-config.json`` (with a ``TODO`` description that ``--check`` refuses until it is written),
 drops the ones no tool needs, and rewrites both copies. Exit status 0 means all three descriptors
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +36,8 @@ __all__ = ["required_groups", "render_copy", "check", "write", "main"]
 ROOT = Path(__file__).resolve().parent.parent
 IAS_CONFIG = ROOT / "ias-config.json"
 COPIES = (ROOT / "mta.yaml", ROOT / "deploy" / "kyma" / "identity.yaml")
+XSUAA = ROOT / "deploy" / "kyma" / "components" / "xsuaa" / "xsuaa.yaml"  # scopes: checked, edited by hand
+_SCOPE = re.compile(r"^\s*- name: \$XSAPPNAME\.([A-Za-z0-9_.-]+)\s*$", re.MULTILINE)
 BEGIN = "# BEGIN generated from ias-config.json by python -m server.permissions --write"
 END = "# END generated"
 TODO = "TODO: describe "
@@ -84,6 +90,11 @@ def check(groups: frozenset[str] | None = None) -> list[str]:
     problems += [f"ias-config.json: '{g[:60]}' is longer than 50 characters" for g in sorted(provided) if len(g) > 50]
     if len(provided) > 50:
         problems.append(f"ias-config.json: {len(provided)} provided APIs; IAS takes at most 50")
+    if XSUAA.exists():
+        scopes = set(_SCOPE.findall(XSUAA.read_text()))
+        where = XSUAA.relative_to(ROOT)
+        problems += [f"{where}: no scope $XSAPPNAME.{g}" for g in sorted(groups - scopes)]
+        problems += [f"{where}: scope $XSAPPNAME.{g} is required by no tool" for g in sorted(scopes - groups)]
     for path in COPIES:
         text = path.read_text()
         try:

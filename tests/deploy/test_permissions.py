@@ -67,6 +67,7 @@ def copy_of_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     monkeypatch.setattr(permissions, "ROOT", root)
     monkeypatch.setattr(permissions, "IAS_CONFIG", root / "ias-config.json")
     monkeypatch.setattr(permissions, "COPIES", (root / "mta.yaml", root / "deploy/kyma/identity.yaml"))
+    monkeypatch.setattr(permissions, "XSUAA", root / "xsuaa.yaml")  # not copied: its own test below
     return root
 
 
@@ -109,3 +110,17 @@ def test_a_group_no_tool_needs_and_a_hand_edited_copy_are_reported(copy_of_descr
     permissions.write(groups)
     assert permissions.check(groups) == []
     assert "api_legacy" not in config_path.read_text()
+
+
+def test_the_xsuaa_scopes_follow_the_groups_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    xsuaa = tmp_path / "xsuaa.yaml"
+    xsuaa.write_text((ROOT / "deploy/kyma/components/xsuaa/xsuaa.yaml").read_text())
+    monkeypatch.setattr(permissions, "ROOT", tmp_path)
+    monkeypatch.setattr(permissions, "XSUAA", xsuaa)
+    monkeypatch.setattr(permissions, "COPIES", ())
+    monkeypatch.setattr(permissions, "IAS_CONFIG", ROOT / "ias-config.json")
+    groups = permissions.required_groups()
+    assert permissions.check(groups) == []
+    assert permissions.check(groups | {"api_archive"}) == [
+        "ias-config.json: no provided API for 'api_archive' (a tool requires it): run --write, then describe it",
+        "xsuaa.yaml: no scope $XSAPPNAME.api_archive"]
