@@ -60,7 +60,8 @@ def build_mcp(settings: ServerSettings, store: NotesStore, audit: AuditWrite | N
         middleware=[audit_middleware(audit)],
     )
     quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
-    register(mcp, store)
+    # Multi-tenant IAS (trusted domains): each (issuer, tenant) of a token sees only its own notes.
+    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers))
     # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
     # accept it; the server sends no log notifications, so there is nothing to filter.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _accept_log_level)
