@@ -141,7 +141,7 @@ class ToolPermissionGate:
         refused, required, missing = self._permissions.refused(used, token.permissions)
         if refused:
             refused = list(dict.fromkeys(refused))  # Mcp-Name repeats the body's name
-            _audit_denial(token, refused, missing, round((self._clock() - started) * 1000, 2))
+            _audit_denial(token, list(dict.fromkeys(used)), missing, round((self._clock() - started) * 1000, 2))
             shown = clip(",".join(n for _, n in refused if n))
             exc = InsufficientScope(required, missing, reason=f"{shown!r} needs {sorted(required)}")
             exc.description = _refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
@@ -229,6 +229,8 @@ _NAMED: dict[str, tuple[Kind, str]] = {
 _REFERENCES: dict[str, Kind] = {"ref/prompt": "prompt", "ref/resource": "reference"}
 """``completion/complete`` reference types: a prompt by name, a template or resource by URI (template)."""
 _TOOL_ONLY: tuple[Kind, ...] = ("tool",)
+_AUDIT_FIELD: dict[Kind, str] = {"tool": "tool", "prompt": "prompt", "resource": "resource", "template": "resource",
+                                 "reference": "resource"}
 
 
 def targets(message: object) -> list[tuple[Kind, str]]:
@@ -282,15 +284,19 @@ def _header_targets(scope: dict[str, Any], body: list[tuple[Kind, str]]) -> list
     return [(kind, name) for name in names for kind in ordered]
 
 
-def _audit_denial(token: VerifiedToken, refused: list[tuple[Kind, str]], missing: frozenset[str],
+def _audit_denial(token: VerifiedToken, used: list[tuple[Kind, str]], missing: frozenset[str],
                   duration_ms: float) -> None:
-    """One audit line per refusal; the names are the caller's, so each field shows a bounded part."""
+    """One audit line per refusal, naming what the request used (``tool``, ``prompt``, ``resource``);
+    the names are the caller's, so each field shows a bounded part."""
+    grouped: dict[str, dict[str, None]] = {}
+    for kind, name in used:
+        names = grouped.setdefault(_AUDIT_FIELD[kind], {})
+        if name:
+            names[name] = None
     fields: dict[str, Any] = {"client_id": clip(token.client_id)}
-    for kind in dict.fromkeys(k for k, _ in refused):
-        fields["resource" if kind in ("reference", "template") else kind] = clip(
-            ",".join(n for k, n in refused if k == kind and n))
+    fields |= {field: clip(",".join(names)) for field, names in grouped.items()}
     fields |= {"decision": "denied", "missing": sorted(missing), "status": 403, "duration_ms": duration_ms}
-    tools_only = all(k == "tool" for k, _ in refused)
+    tools_only = all(k == "tool" for k, _ in used)
     audit.info("tool call denied" if tools_only else "request denied", extra={"audit": fields})
 
 
