@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 
 from .._context import optional_token
 from .._errors import InsufficientScope, MissingToken
@@ -340,18 +340,19 @@ def refusal_message(missing: frozenset[str], tool: str | None = None) -> str:
         "which the access token does not grant"
 
 
-class ToolRefused(InsufficientScope, ToolError):
-    """`InsufficientScope` at call time, raised as the SDK's `ToolError`.
+class ToolRefused(InsufficientScope, ToolError, ResourceError):
+    """`InsufficientScope` at call time, raised as the SDK's `ToolError` (and `ResourceError`).
 
     The SDK answers a ``ToolError`` with an ``isError`` result carrying its text (logged at INFO),
-    where any other exception becomes a bare "Error executing tool <name>" (logged as a crash).
+    where any other exception becomes a bare "Error executing tool <name>" (logged as a crash); a
+    ``ResourceError`` from a resource is likewise an anticipated failure with its text.
     """
 
     def __init__(self, required: frozenset[str], missing: frozenset[str]) -> None:
         super().__init__(required, missing, reason=refusal_message(missing))
 
 
-class NoVerifiedToken(MissingToken, ToolError):
+class NoVerifiedToken(MissingToken, ToolError, ResourceError):
     """A guarded tool ran without a principal our verifier produced (e.g. another ``token_verifier``)."""
 
     def __init__(self) -> None:
