@@ -228,7 +228,7 @@ _NAMED: dict[str, tuple[Kind, str]] = {
 """Methods whose params name what they use (the SDK's ``NAME_BEARING_METHODS``): kind and params key."""
 _REFERENCES: dict[str, Kind] = {"ref/prompt": "prompt", "ref/resource": "reference"}
 """``completion/complete`` reference types: a prompt by name, a template or resource by URI (template)."""
-_TOOL_ONLY: tuple[Kind, ...] = ("tool",)
+_HEADER_KIND: dict[bytes, Kind] = {method.encode(): kind for method, (kind, _) in _NAMED.items()}
 _AUDIT_FIELD: dict[Kind, str] = {"tool": "tool", "prompt": "prompt", "resource": "resource", "template": "resource",
                                  "reference": "resource"}
 
@@ -269,19 +269,25 @@ def _header_targets(scope: dict[str, Any], body: list[tuple[Kind, str]]) -> list
     nothing says otherwise).
     """
     names: list[str] = []
-    kinds: set[Kind] = {kind for kind, _ in body if kind != "reference"}
+    kinds: list[Kind] = []
     for key, value in scope.get("headers", ()):
         if key == b"mcp-name":
             decoded = _decode_name_header(value.decode("latin-1"))
             names.append(decoded if decoded is not None else "")
         elif key == b"mcp-method":
-            named = _NAMED.get(value.decode("latin-1"))
-            if named is not None:
-                kinds.add(named[0])
+            kind = _HEADER_KIND.get(value)
+            if kind is not None and kind not in kinds:
+                kinds.append(kind)
     if not names:
         return []
-    ordered: tuple[Kind, ...] = tuple(sorted(kinds)) or _TOOL_ONLY
-    return [(kind, name) for name in names for kind in ordered]
+    for kind, _ in body:
+        if kind != "reference" and kind not in kinds:
+            kinds.append(kind)
+    if not kinds:
+        kinds.append("tool")
+    if len(names) == 1 and len(kinds) == 1:
+        return [(kinds[0], names[0])]
+    return [(kind, name) for name in names for kind in kinds]
 
 
 def _audit_denial(token: VerifiedToken, used: list[tuple[Kind, str]], missing: frozenset[str],

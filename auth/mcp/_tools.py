@@ -255,8 +255,13 @@ class ToolPermissions:
         refused: list[tuple[Kind, str]] = []
         required: frozenset[str] = _EMPTY
         closed: frozenset[str] | None = None
-        for kind, name in targets:
-            needed = self.needs(kind, name)
+        last = None
+        for target in targets:
+            if target == last:  # Mcp-Name repeats the body's name
+                continue
+            last = target
+            kind, name = target
+            needed = self.required(name) if kind == "tool" else self.needs(kind, name)
             if needed is None:
                 refused.append((kind, name))
                 continue
