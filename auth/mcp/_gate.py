@@ -1,11 +1,12 @@
-"""Per-tool permission gating for MCP servers over streamable HTTP.
+"""Permission gating for MCP servers over streamable HTTP: tools, resources, templates and prompts.
 
 The MCP SDK's hooks can only answer inside HTTP 200, but the MCP specification asks for
-HTTP 403 with an ``insufficient_scope`` challenge when a call needs more than the token
-grants. `ToolPermissionGate` therefore reads the tool name before dispatch (the JSON-RPC
-body, checked against the ``Mcp-Name`` header when present) and replays the body to the
-SDK. `filter_tools_middleware` hides from ``tools/list`` what the caller could not call.
-`protect` wires the whole layer into an `MCPServer` app in one call.
+HTTP 403 with an ``insufficient_scope`` challenge when a request needs more than the token
+grants. `ToolPermissionGate` therefore reads what a request uses before dispatch (the tool or
+prompt name, the resource URI: the JSON-RPC body, and the ``Mcp-Name`` header when present)
+and replays the body to the SDK. `filter_tools_middleware` hides from ``tools/list``,
+``prompts/list``, ``resources/list`` and ``resources/templates/list`` what the caller could not
+use. `protect` wires the whole layer into an `MCPServer` app in one call.
 """
 
 from __future__ import annotations

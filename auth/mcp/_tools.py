@@ -1,11 +1,13 @@
-"""Per-tool permission requirements: a marking decorator, the server-owned table, and pure set arithmetic.
+"""Permission requirements: a marking decorator, the server-owned table, and pure set arithmetic.
 
 ``@requires(...)`` marks the function object itself (``__mcp_permissions__``), so the
-requirement travels with whatever the MCP SDK registers, under whatever name.
-`ToolPermissions.from_server` reads those marks once at start-up; the server owns the
-result (with its aliases and implication rules) and hands it to the HTTP gate (403 before
-dispatch), the ``tools/list`` filter, the metadata's ``scopes_supported`` and, through a
-context variable the gate sets per request, the defence-in-depth check at call time.
+requirement travels with whatever the MCP SDK registers (a tool, a resource, a resource
+template, a prompt), under whatever name. `ToolPermissions.from_server` reads those marks from
+the server's registry at each lookup (what is registered later is found too); the server owns
+the table (with its aliases, implication rules and the policy for unmarked resources and
+prompts) and hands it to the HTTP gate (403 before dispatch), the list filter, the metadata's
+``scopes_supported`` and, through a context variable the gate sets per request, the
+defence-in-depth check at call time.
 
 Where no gate runs (the SDK's own ``token_verifier=`` route, FastMCP), the call-time check is
 the only one: it reads the principal our verifier attached to the SDK's access token and
