@@ -176,3 +176,30 @@ def test_readme_snippet_runs(snippet: Snippet, servers: tuple[Running, Running],
     assert proc.returncode == 0, report
     assert proc.stdout.strip(), report  # every snippet shows its result
     assert '"error"' not in proc.stdout and '"isError":true' not in proc.stdout.replace(" ", ""), report
+
+
+def test_client_versions_in_the_docs_are_the_pinned_ones() -> None:
+    """The per-client table names the versions the tests install, not older ones."""
+    import tomllib
+
+    from tests._node import INSPECTOR_VERSION, MCP_REMOTE_VERSION
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = dict(p.split("==", 1) for p in project["optional-dependencies"]["test"] if "==" in p)
+    deploy = dict(p.split("==", 1) for p in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["deploy"]["pins"])
+    langchain = dict(r.split("==", 1) for r in LANGCHAIN_REQUIREMENTS if "==" in r)
+    table = (REPO / "docs" / "clients.md").read_text().split("## What the user sees, per client", 1)[1]
+    rows = {row.split("|")[1].strip(): row for row in table.splitlines() if row.startswith("| ") and "---" not in row}
+    expected = {
+        "mcp": ".".join(deploy["mcp"].split(".")[:2]),
+        "FastMCP": pins["fastmcp"],
+        "OpenAI Agents SDK": ".".join(pins["openai-agents"].split(".")[:2]),
+        "LangChain adapters": langchain["langchain-mcp-adapters"],
+        "mcp-remote": MCP_REMOTE_VERSION,
+        "Inspector CLI": INSPECTOR_VERSION,
+    }
+    for client, version in expected.items():
+        cell = next((name for name in rows if name.lstrip("`").startswith(client)), None)
+        assert cell is not None, f"no row for {client} in docs/clients.md"
+        found = re.findall(r"\d+(?:\.\d+)+", cell)
+        assert found and found[0] == version, f"{cell!r} should name {client} {version}"

@@ -115,6 +115,22 @@ def test_importing_auth_does_not_import_fastmcp() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_importing_auth_does_not_import_fastapi() -> None:
+    """FastAPI support is the optional ``fastapi`` extra: only ``auth.fastapi`` imports it."""
+    probe = "import sys, auth, auth.mcp, auth.client; assert 'fastapi' not in sys.modules, 'fastapi imported'"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_fastapi_integration_is_its_own_short_deliberate_list() -> None:
+    import auth.fastapi
+
+    assert (AUTH_DIR / "fastapi" / "__init__.py").is_file()
+    assert _public(auth.fastapi) == sorted(auth.fastapi.__all__)
+    assert "BearerAuth" in auth.fastapi.__all__ and len(auth.fastapi.__all__) <= 6
+    assert not set(auth.fastapi.__all__) & {name for package in PARTS for name in package.__all__}
+
+
 def test_public_api_offers_the_sdk_and_fastmcp_fit() -> None:
     assert {"protect", "ToolPermissions", "requires", "fastmcp_auth", "permission_check"} <= set(auth.mcp.__all__)
     assert not {"REGISTRY", "PermissionRegistry", "set_permission_aliases"} & {n for p in PARTS for n in p.__all__}
