@@ -16,25 +16,30 @@ fresh key; ``local_issuer_options`` holds `LocalIssuer`'s keyword arguments.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from ._issuer import Issuer
 from ._server import LocalIssuer
 
 __all__ = ["local_issuer", "local_issuer_options"]
 
+# Imported by name: pytest is not a dependency of ``auth``, and ``mypy --strict auth`` must pass
+# without it; this module is only ever imported by pytest itself.
+_pytest: Any = importlib.import_module("pytest")
 
-@pytest.fixture(scope="session")
-def local_issuer_options() -> dict[str, Any]:
+
+def _local_issuer_options() -> dict[str, Any]:
     """Keyword arguments for `LocalIssuer`; override this fixture to configure the issuer."""
     return {}
 
 
-@pytest.fixture(scope="session")
-def local_issuer(local_issuer_options: dict[str, Any]) -> Iterator[Issuer]:
+def _local_issuer(local_issuer_options: dict[str, Any]) -> Iterator[Issuer]:
     """A running local issuer for the session (``.mint()``, ``.settings()``, ``.token_endpoint``)."""
     with LocalIssuer(**local_issuer_options) as issuer:
         yield issuer
+
+
+local_issuer_options: Any = _pytest.fixture(scope="session", name="local_issuer_options")(_local_issuer_options)
+local_issuer: Any = _pytest.fixture(scope="session", name="local_issuer")(_local_issuer)
