@@ -11,15 +11,16 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 
 from ._binding import certificate_check as _binding_check
 from ._challenge import error_body, error_headers
-from ._context import bind_token, reset_token
-from ._errors import AuthError, InvalidToken, MissingToken
+from ._context import bind_client, bind_token, reset_client, reset_token
+from ._errors import AuthError, InvalidToken, MalformedToken, MissingToken
 from ._metadata import resource_metadata_url
+from ._request import clip, is_preflight, route_path
 from ._sdk import PrincipalCache
 from ._settings import AuthSettings
 from ._token import VerifiedToken
 from ._verifier import TokenVerifier
 
-__all__ = ["BearerAuthMiddleware", "bearer_token", "send_auth_error", "SCOPE_KEY"]
+__all__ = ["BearerAuthMiddleware", "RequireToken", "bearer_token", "send_auth_error", "SCOPE_KEY"]
 
 log = logging.getLogger("auth")
 
@@ -46,20 +47,20 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b
     if not values:
         raise MissingToken("no Authorization header")
     if len(values) > 1:
-        raise InvalidToken("more than one Authorization header")
+        raise MalformedToken("more than one Authorization header")
     if query_string and _has_access_token(query_string):
-        raise InvalidToken("token in both the Authorization header and the query string")
+        raise MalformedToken("token in both the Authorization header and the query string")
     try:
         raw = values[0].decode("ascii")
     except UnicodeDecodeError as exc:
-        raise InvalidToken("Authorization header is not ASCII") from exc
+        raise MalformedToken("Authorization header is not ASCII") from exc
     scheme, _, token = raw.strip().partition(" ")
     if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
         # Without a space there is no scheme, only a credential: never log (part of) it.
-        raise InvalidToken(f"authorization scheme {scheme[:20]!r} is not Bearer" if token else "no scheme")
+        raise MalformedToken(f"authorization scheme {scheme[:20]!r} is not Bearer" if token else "no scheme")
     token = token.strip()
     if not token or " " in token:
-        raise InvalidToken("Bearer credentials are empty or malformed")
+        raise MalformedToken("Bearer credentials are empty or malformed")
     return token
 
 
@@ -99,7 +100,9 @@ class BearerAuthMiddleware:
         app: the ASGI app to guard.
         verifier: turns a token into a `VerifiedToken` or raises an `AuthError`.
         settings: supplies the resource URL for ``resource_metadata`` in challenges.
-        protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``).
+        protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``), as the
+            app's router sees them: mounted under ``/notes`` (a Starlette ``Mount`` or uvicorn's
+            ``root_path``), ``/mcp`` guards ``/notes/mcp``.
         scopes: what basic use needs, named in the 401 challenge (unless configured).
         certificate_check: RFC 8705 binding check raising `InvalidToken` on mismatch; by default
             the one ``settings.cert_binding`` and ``settings.trust_forwarded_client_cert`` describe.
@@ -121,30 +124,23 @@ class BearerAuthMiddleware:
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
         self._certificate_check = certificate_check if certificate_check is not None else _binding_check(settings)
-        self._principals = PrincipalCache(settings.resource_url)
+        self._principals = PrincipalCache(settings.resource_url, aliases=settings.permission_aliases)
 
     def _protected(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self._protect)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] not in ("http", "websocket") or not self._protected(scope["path"]):
+        # The path the router will route on (without root_path), or a prefix opens the door.
+        if scope["type"] not in ("http", "websocket") or not self._protected(route_path(scope)):
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "http" and scope.get("method") == "OPTIONS":
-            await self.app(scope, receive, send)  # CORS preflight carries no credentials
+        if is_preflight(scope):
+            await self.app(scope, receive, send)  # a CORS preflight carries no credentials (and no body)
             return
         try:
             raw, token = await self._authenticate(scope)
         except AuthError as exc:
-            level = logging.WARNING if exc.status >= 500 else logging.INFO
-            log.log(
-                level,
-                "auth denied: status=%d error=%s reason=%s path=%s",
-                exc.status,
-                exc.error or "-",
-                exc.reason,
-                scope["path"],
-            )
+            _log_denial(exc, scope)
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
@@ -173,6 +169,7 @@ class BearerAuthMiddleware:
 
     async def _authenticate(self, scope: dict[str, Any]) -> tuple[str, VerifiedToken]:
         raw = bearer_token(scope.get("headers", ()), scope.get("query_string", b""))
+        client = bind_client(scope.get("client"))  # who pays for work a never-verified token causes
         try:
             token = await self._verifier.verify(raw)
         except AuthError:
@@ -180,6 +177,55 @@ class BearerAuthMiddleware:
         except Exception as exc:  # a verifier bug must not become a bare 500 without a challenge
             log.exception("token verifier failed unexpectedly")
             raise InvalidToken(f"verifier error: {type(exc).__name__}") from exc
+        finally:
+            reset_client(client)
         if self._certificate_check is not None:
             self._certificate_check(scope, token)
         return raw, token
+
+
+def _log_denial(exc: AuthError, scope: dict[str, Any]) -> None:
+    """One log line for a refused request; the reason and path (attacker-chosen) are `clip`-ped."""
+    log.log(
+        logging.WARNING if exc.status >= 500 else logging.INFO,
+        "auth denied: status=%d error=%s reason=%s path=%s",
+        exc.status,
+        exc.error or "-",
+        clip(exc.reason),
+        clip(scope.get("path", "")),
+    )
+
+
+class RequireToken:
+    """The last check in front of an endpoint: no verified principal in the scope, no entry (fail closed).
+
+    `BearerAuthMiddleware` in front puts the principal at ``scope["auth.token"]``; a request that
+    arrives without one (the middleware left out, mounted for another path, or skipped by a
+    routing mistake) gets the 401 challenge (RFC 6750 §3.1, no error code: no credentials were
+    checked) instead of the endpoint. CORS preflights (`is_preflight`) and lifespan events pass.
+
+    Args:
+        app: the endpoint app (every path it serves needs a principal).
+        settings: supplies the resource URL for ``resource_metadata`` in the challenge.
+        scopes: what basic use needs, named in the challenge (unless configured).
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: AuthSettings, scopes: Iterable[str] = ()) -> None:
+        self.app = app
+        self._metadata_url = resource_metadata_url(settings.resource_url)
+        self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or isinstance(scope.get(SCOPE_KEY), VerifiedToken)
+            or is_preflight(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        exc = MissingToken("no verified principal reached the endpoint (no auth layer in front of this path)")
+        _log_denial(exc, scope)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)

@@ -18,7 +18,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import pydantic_core
 from mcp.shared.inbound import decode_header_value
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp as StarletteApp
@@ -26,7 +28,8 @@ from starlette.types import ASGIApp as StarletteApp
 from .._context import optional_token
 from .._errors import InsufficientScope
 from .._metadata import metadata_routes, resource_metadata_url
-from .._middleware import SCOPE_KEY, BearerAuthMiddleware, send_auth_error
+from .._middleware import SCOPE_KEY, BearerAuthMiddleware, RequireToken, send_auth_error
+from .._request import clip, route_path
 from .._settings import AuthSettings
 from .._token import VerifiedToken
 from .._verifier import JWTVerifier, TokenVerifier
@@ -84,7 +87,7 @@ class ToolPermissionGate:
         settings: the resource URL (for ``resource_metadata``).
         permissions: the server's table (tool -> permissions, aliases, implication rules);
             also made the table the call-time check of `requires` reads during the request.
-        protect: path prefixes of MCP endpoints.
+        protect: path prefixes of MCP endpoints, as the app's router sees them (without ``root_path``).
         max_body: request body cap in bytes (413 beyond it).
         clock: for the audit line's duration.
     """
@@ -113,14 +116,16 @@ class ToolPermissionGate:
         finally:
             _ACTIVE.reset(handle)
 
+    def _protected(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self._protect)
+
     async def _gate(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         token: VerifiedToken | None = scope.get(SCOPE_KEY)
-        path = scope.get("path", "")
         if (
             scope["type"] != "http"
             or scope.get("method") != "POST"
             or token is None
-            or not any(path == p or path.startswith(p + "/") for p in self._protect)
+            or not self._protected(route_path(scope))  # the path the endpoint's router routes on
         ):
             await self.app(scope, receive, send)
             return
@@ -130,16 +135,17 @@ class ToolPermissionGate:
         except BodyTooLarge:
             await _plain(send, 413, b'{"error":"request_too_large"}')
             return
-        message = _parse(body)
+        message = _parse(body, _modern(scope))
         names = [*_header_names(scope), *tool_names(message)]
         required, missing = self._permissions.missing(names, token.permissions)
         if missing:
-            tool = ",".join(dict.fromkeys(n for n in names if n))  # Mcp-Name repeats the body name
+            # Mcp-Name repeats the body name; names are the caller's, so the line shows a bounded part.
+            tool = clip(",".join(dict.fromkeys(n for n in names if n)))
             audit.info(
                 "tool call denied",
                 extra={
                     "audit": {
-                        "client_id": token.client_id,
+                        "client_id": clip(token.client_id),
                         "tool": tool,
                         "decision": "denied",
                         "missing": sorted(missing),
@@ -180,18 +186,40 @@ class ToolPermissionGate:
 BODY_KEY = "mcp.body"
 """ASGI scope key under which the gate leaves the request body it read (bytes, within the cap)."""
 MESSAGE_KEY = "mcp.message"
-"""ASGI scope key of the body's parsed JSON-RPC message; absent when the body is not JSON (or is ``null``)."""
+"""ASGI scope key of the body's JSON-RPC message, parsed as the SDK parses it for the request's protocol
+generation (`_parse`); absent when the body does not parse (or is ``null``)."""
 
 FORBIDDEN = -32003
 """JSON-RPC error code of a refused tool call (server-defined range, JSON-RPC 2.0 §5.1)."""
 
 
-def _parse(body: bytes) -> object:
-    """The JSON-RPC message, or None when the body is not JSON (the SDK then answers the parse error)."""
-    try:
-        return json.loads(body) if body else None
-    except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
+def _parse(body: bytes, modern: bool) -> object:
+    """The JSON-RPC message exactly as the SDK will parse it, or None when the SDK will refuse it (pure).
+
+    The SDK parses a 2025-era body with ``pydantic_core.from_json`` and a 2026-era body with
+    ``json.loads``. They disagree: ``json.loads`` takes lone surrogates (``"\\ud800"``, or
+    UTF-8-encoded), UTF-16/UTF-32 and BOM-prefixed bodies and deeper nesting, which pydantic_core
+    refuses. Reading the tool name with the parser that dispatches it means the name checked is
+    always the name that runs, and a body the SDK refuses is never taken for a harmless one.
+    """
+    if not body:
         return None
+    try:
+        return json.loads(body) if modern else pydantic_core.from_json(body)
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError in json.loads
+        return None
+
+
+_VERSION_HEADER = b"mcp-protocol-version"
+
+
+def _modern(scope: dict[str, Any]) -> bool:
+    """Whether the SDK serves the request as 2026-era: its first ``MCP-Protocol-Version`` is not a
+    handshake version (the SDK's own routing rule; no header means 2025-era) (pure)."""
+    for key, value in scope.get("headers", ()):
+        if key == _VERSION_HEADER:
+            return value.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
+    return False
 
 
 def _header_names(scope: dict[str, Any]) -> list[str]:
@@ -229,10 +257,11 @@ def _jsonrpc_denial(message: object, exc: InsufficientScope) -> bytes | None:
     if not isinstance(message, dict) or "id" not in message:
         return None
     scope = " ".join(sorted(exc.required))
+    request_id = message["id"]  # echoed when it is a JSON-RPC id MCP accepts (NaN would make the body invalid JSON)
     return json.dumps(
         {
             "jsonrpc": "2.0",
-            "id": message["id"],
+            "id": request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None,
             "error": {
                 "code": FORBIDDEN,
                 "message": f"insufficient_scope (HTTP 403): {exc.description}",
@@ -311,6 +340,13 @@ def protect(
     `filter_tools_middleware` to ``mcp`` and runs the SDK's session manager in its lifespan. Call it
     after every tool is registered: the permission table is read from the registered tools once.
 
+    The endpoint app itself fails closed: whatever reaches it (any path it serves) without a
+    verified principal gets the 401 challenge. Mounted under a prefix (a Starlette ``Mount`` or
+    uvicorn's ``root_path``), every layer decides on the path the router routes on, so
+    ``path="/mcp"`` guards ``/notes/mcp``; ``settings.resource_url`` is then the public URL
+    (``https://host/notes/mcp``), and the outer app serves `ProtectedApp.metadata_routes` at the
+    host root and runs `ProtectedApp.lifespan` (``docs/mounting.md``).
+
     Args:
         mcp: the server, with its tools registered.
         settings: the auth settings (issuers, resource URL, aliases, implication rules).
@@ -330,7 +366,8 @@ def protect(
     owned = verifier is None
     token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
     scopes = sorted(permissions.all_permissions())
-    gated = ToolPermissionGate(endpoint, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
+    closed = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
+    gated = ToolPermissionGate(closed, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
     guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
 
     @contextlib.asynccontextmanager
@@ -345,28 +382,47 @@ def protect(
                 if owned and isinstance(token_verifier, JWTVerifier):
                     await token_verifier.aclose()
 
+    # The metadata at its RFC 9728 paths (right at the host root) and at the endpoint's own path
+    # form, which a mounted app serves under its prefix (/notes/.well-known/oauth-protected-resource/mcp).
+    documents = metadata_routes(settings, scopes, endpoint_path=path)
     others = Starlette(
-        routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=cast(StarletteApp, guarded))],
+        routes=[*documents, *routes, Mount("/", app=cast(StarletteApp, guarded))],
         lifespan=app_lifespan,
     )
-    return ProtectedApp(path, guarded, others)
+    return ProtectedApp(path, guarded, others, metadata=metadata_routes(settings, scopes))
 
 
 class ProtectedApp:
     """What `protect` returns: the MCP path goes straight to its guarded stack; every other path,
     and the lifespan, through a Starlette router (``.router``).
 
-    The one path that carries the load needs none of the router's pattern matching.
+    The one path that carries the load needs none of the router's pattern matching. Mounted in
+    an outer app, the outer app serves ``metadata_routes`` (the RFC 9728 document at the host
+    root, where clients look for it) and runs ``lifespan`` (a ``Mount`` does not run it).
+
+    Attributes:
+        path: the MCP endpoint's path, as the router sees it (without a mount prefix).
+        endpoint: the guarded stack of the endpoint.
+        router: the Starlette app serving every other path, and the lifespan.
+        metadata_routes: the metadata document's routes for the host root of an outer app.
     """
 
-    def __init__(self, path: str, endpoint: ASGIApp, router: Starlette) -> None:
+    def __init__(
+        self, path: str, endpoint: ASGIApp, router: Starlette, *, metadata: Sequence[BaseRoute] = ()
+    ) -> None:
         self.path = path
         self.endpoint = endpoint
         self.router = router
+        self.metadata_routes = list(metadata)
         self._route = cast(ASGIApp, router)  # Starlette types send's message as a MutableMapping
 
+    @property
+    def lifespan(self) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
+        """The app's lifespan (the SDK's session manager, the verifier), for an outer app's ``lifespan=``."""
+        return self.router.router.lifespan_context
+
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
+        if scope["type"] == "http" and route_path(scope) == self.path:
             await self.endpoint(scope, receive, send)
         else:
             await self._route(scope, receive, send)
