@@ -3,7 +3,8 @@
 The certificate comes from the TLS connection (the ASGI ``tls`` extension, when the server
 terminates mutual TLS itself) or, only when configured to trust it, from the
 ``X-Forwarded-Client-Cert`` header a TLS-terminating proxy adds: SAP BTP's gorouter writes one
-line of base64 DER; Envoy/Istio (Kyma) writes ``Hash=…;Cert="<url-encoded PEM>"`` elements.
+line of base64 DER; Envoy/Istio (Kyma) writes ``Hash=…;Cert="<url-encoded PEM>"`` elements, to
+which the app's own Istio sidecar appends one for its peer (``forwarded_client_cert_gateway``).
 A client on a route without mutual TLS could send that header itself, hence the setting.
 """
 
@@ -105,12 +106,37 @@ def _is_envoy(value: str) -> bool:
     return False
 
 
-def parse_forwarded_client_cert(value: str) -> bytes:
+def _client_element(elements: list[str], gateway: str | None) -> str:
+    """The element describing the client: the last one, or with ``gateway`` the one before the mesh hop.
+
+    An Istio sidecar in front of the app appends its own element (``APPEND_FORWARD``, with
+    ``Subject``, ``URI`` and ``DNS`` of its peer, never ``Cert``), so behind Kyma's ingress gateway
+    the header reads ``<gateway's element>,<sidecar's element>``. The sidecar's element is trusted
+    only when its ``URI`` (the peer's SPIFFE identity, verified by mesh mutual TLS) is ``gateway``;
+    anything another workload in the mesh sent stays before it and is never read.
+    """
+    if gateway is None:
+        return elements[-1]
+    if len(elements) < 2:
+        raise CertificateMismatch("X-Forwarded-Client-Cert has no element from the gateway before the sidecar's")
+    uris = []
+    for pair in _split_outside_quotes(elements[-1], ";"):
+        key, _, raw = pair.strip().partition("=")
+        if key.lower() == "uri":
+            uris.append(raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw)
+    if gateway not in uris:
+        raise CertificateMismatch("X-Forwarded-Client-Cert did not come through the configured gateway")
+    return elements[-2]
+
+
+def parse_forwarded_client_cert(value: str, *, gateway: str | None = None) -> bytes:
     """The DER client certificate from an ``X-Forwarded-Client-Cert`` value (pure, linear time).
 
     Envoy form: elements separated by ``,``, pairs by ``;``; the last element's ``Cert``
-    (url-encoded PEM) is the certificate the nearest proxy saw. Otherwise the value is the
-    gorouter's base64 DER (PEM armour tolerated).
+    (url-encoded PEM) is the certificate the nearest proxy saw; with ``gateway`` (a SPIFFE ID),
+    the element before the app's Istio sidecar's, when that sidecar names ``gateway`` as its peer
+    (`_client_element`). Otherwise the value is the gorouter's base64 DER (PEM armour tolerated),
+    which ``gateway`` does not accept.
 
     Raises:
         InvalidToken: the header cannot be parsed into one X.509 certificate.
@@ -122,18 +148,20 @@ def parse_forwarded_client_cert(value: str) -> bytes:
         # A few proxies with a handful of pairs each; counting in C keeps the worst case cheap.
         if sum(value.count(c) for c in '",;\\') > _MAX_SPECIALS:
             raise CertificateMismatch("X-Forwarded-Client-Cert has too many elements, pairs or quotes")
-        element = _split_outside_quotes(value, ",")[-1]
+        element = _client_element(_split_outside_quotes(value, ","), gateway)
         for pair in _split_outside_quotes(element, ";"):
             key, _, raw = pair.strip().partition("=")
             if key.lower() == "cert":
                 raw = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
                 return _der_from_text(unquote(raw))
-        raise CertificateMismatch("X-Forwarded-Client-Cert has no Cert in its last element")
+        raise CertificateMismatch("X-Forwarded-Client-Cert has no Cert in the client's element")
+    if gateway is not None:
+        raise CertificateMismatch("X-Forwarded-Client-Cert is not in Envoy's form, as the configured gateway writes it")
     return _der_from_text(value)
 
 
-def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool) -> bytes | None:
-    """The DER certificate the client presented, or None.
+def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool, gateway: str | None = None) -> bytes | None:
+    """The DER certificate the client presented, or None (``gateway``: see `parse_forwarded_client_cert`).
 
     Raises:
         InvalidToken: the forwarded header is trusted but duplicated or unparsable.
@@ -149,7 +177,7 @@ def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool) -> bytes
         return None
     if len(values) > 1:
         raise CertificateMismatch("more than one X-Forwarded-Client-Cert header")
-    return parse_forwarded_client_cert(values[0].decode("latin-1"))
+    return parse_forwarded_client_cert(values[0].decode("latin-1"), gateway=gateway)
 
 
 def check_certificate_binding(
@@ -180,10 +208,11 @@ def certificate_check(settings: AuthSettings) -> Callable[[dict[str, Any], Verif
     if settings.cert_binding == "off":
         return None
     mode, trust = settings.cert_binding, settings.trust_forwarded_client_cert
+    gateway = settings.forwarded_client_cert_gateway
 
     def check(scope: dict[str, Any], token: VerifiedToken) -> None:
         if token.certificate_thumbprint is None and mode != "required":
             return  # don't parse headers we will not use
-        check_certificate_binding(token, client_certificate(scope, trust_forwarded=trust), mode=mode)
+        check_certificate_binding(token, client_certificate(scope, trust_forwarded=trust, gateway=gateway), mode=mode)
 
     return check

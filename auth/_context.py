@@ -3,19 +3,25 @@
 Two routes set it: our `BearerAuthMiddleware` binds the `VerifiedToken` here, and the mcp SDK's
 own ``token_verifier=`` route (and FastMCP's) keeps the ``AccessToken`` our verifier built in
 the SDK's context, where `auth._sdk.sdk_principal` finds the `VerifiedToken` it carries.
+
+Also, while its token is being verified, who the request comes from (the ASGI scope's
+``client``): the verifier charges work a never-verified token causes to that source.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
+from typing import Any
 
 from ._errors import MissingToken
 from ._sdk import sdk_principal
 from ._token import VerifiedToken
 
-__all__ = ["current_token", "optional_token", "bind_token", "reset_token"]
+__all__ = ["current_token", "optional_token", "bind_token", "reset_token", "bind_client", "reset_client",
+           "current_client"]
 
 _CURRENT: ContextVar[VerifiedToken | None] = ContextVar("auth_current_token", default=None)
+_CLIENT: ContextVar[Any] = ContextVar("auth_request_client", default=None)
 
 
 def current_token() -> VerifiedToken:
@@ -54,3 +60,18 @@ def bind_token(token: VerifiedToken | None) -> Token[VerifiedToken | None]:
 def reset_token(handle: Token[VerifiedToken | None]) -> None:
     """Undo a `bind_token`."""
     _CURRENT.reset(handle)
+
+
+def bind_client(client: Any) -> Token[Any]:
+    """Name the requesting client (the ASGI scope's ``client``, as is) while its token is verified."""
+    return _CLIENT.set(client)
+
+
+def reset_client(handle: Token[Any]) -> None:
+    """Undo a `bind_client`."""
+    _CLIENT.reset(handle)
+
+
+def current_client() -> Any:
+    """The ASGI ``client`` of the request whose token is being verified; None when not known."""
+    return _CLIENT.get()

@@ -16,17 +16,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._middleware import SCOPE_KEY
 from .._ratelimit import Kind, RateLimiter, Refusal, retry_after_seconds
 from .._request import clip
 from .._token import VerifiedToken
 
-if TYPE_CHECKING:
-    from mcp.server.mcpserver import MCPServer
-
-__all__ = ["RateLimitGate", "is_write", "read_only_tools", "rate_limited_body", "RATE_LIMITED"]
+__all__ = ["RateLimitGate", "is_write", "rate_limited_body", "RATE_LIMITED"]
 
 audit = logging.getLogger("audit")
 
@@ -38,26 +35,6 @@ RATE_LIMITED = -32029
 """JSON-RPC error code of a request refused by a rate limit (server-defined range, JSON-RPC 2.0 §5.1)."""
 
 _MESSAGE_KEY = "mcp.message"  # ToolPermissionGate's MESSAGE_KEY (the gate imports this module)
-
-
-def read_only_tools(mcp: MCPServer) -> Callable[[str], bool]:
-    """Whether the tool registered under a name carries ``readOnlyHint: true``, looked up at each
-    call (a tool registered after `protect` is classified like one registered before).
-
-    Raises:
-        TypeError: ``mcp`` does not keep its tools where MCPServer 2.x does.
-    """
-    try:
-        get_tool = mcp._tool_manager.get_tool  # the SDK's registry; its public listing is async wire types
-    except AttributeError as exc:
-        raise TypeError(f"{type(mcp).__name__} does not keep its tools where MCPServer 2.x does") from exc
-
-    def read_only(name: str) -> bool:
-        tool = get_tool(name)
-        annotations = tool.annotations if tool is not None else None
-        return annotations is not None and annotations.read_only_hint is True
-
-    return read_only
 
 
 def is_write(message: object, read_only: Callable[[str], bool]) -> bool:
@@ -102,7 +79,8 @@ class RateLimitGate:
     Args:
         app: the app behind (the MCP endpoint).
         limiter: the buckets.
-        read_only: whether a tool name is a read-only tool (`read_only_tools`).
+        read_only: whether a tool name is a read-only tool (``Registry(mcp).read_only``, looked up at
+            each call: a tool registered after `protect` is classified like one registered before).
     """
 
     def __init__(self, app: ASGIApp, *, limiter: RateLimiter, read_only: Callable[[str], bool]) -> None:
