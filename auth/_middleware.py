@@ -14,6 +14,7 @@ from ._challenge import error_body, error_headers
 from ._context import bind_token, reset_token
 from ._errors import AuthError, InvalidToken, MissingToken
 from ._metadata import resource_metadata_url
+from ._observe import NO_OBSERVER, Observer
 from ._request import clip, is_preflight, route_path
 from ._sdk import PrincipalCache
 from ._settings import AuthSettings
@@ -106,6 +107,7 @@ class BearerAuthMiddleware:
         scopes: what basic use needs, named in the 401 challenge (unless configured).
         certificate_check: RFC 8705 binding check raising `InvalidToken` on mismatch; by default
             the one ``settings.cert_binding`` and ``settings.trust_forwarded_client_cert`` describe.
+        observer: told of each authentication and its outcome (`auth._observe`); none by default.
     """
 
     def __init__(
@@ -117,9 +119,11 @@ class BearerAuthMiddleware:
         protect: Iterable[str] = ("/mcp",),
         scopes: Iterable[str] = (),
         certificate_check: CertificateCheck | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.app = app
         self._verifier = verifier
+        self._observer = observer or NO_OBSERVER
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
@@ -138,7 +142,8 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)  # a CORS preflight carries no credentials (and no body)
             return
         try:
-            raw, token = await self._authenticate(scope)
+            with self._observer.verifying():
+                raw, token = await self._authenticate(scope)
         except AuthError as exc:
             _log_denial(exc, scope)
             if scope["type"] == "websocket":

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from auth import AuthSettings, ConfigError, load_settings
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
+from ._otel_settings import TelemetrySettings, load_telemetry_settings
+
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
 
 MCP_PATH = "/mcp"
@@ -35,6 +37,7 @@ class ServerSettings:
     tls_cert_file: Path | None = None  # serve HTTPS with this certificate (MCP_TLS_CERT)
     tls_key_file: Path | None = None  # and this key (MCP_TLS_KEY)
     tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
+    telemetry: TelemetrySettings = TelemetrySettings()  # OTEL_*: traces and metrics (off by default)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -132,6 +135,7 @@ def load_server_settings(
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
+        telemetry=load_telemetry_settings(env, server_port=port),
     )
 
 

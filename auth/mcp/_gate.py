@@ -27,6 +27,7 @@ from .._context import optional_token
 from .._errors import InsufficientScope
 from .._metadata import metadata_routes, resource_metadata_url
 from .._middleware import SCOPE_KEY, BearerAuthMiddleware, RequireToken, send_auth_error
+from .._observe import NO_OBSERVER, Observer
 from .._request import clip, route_path
 from .._settings import AuthSettings
 from .._token import VerifiedToken
@@ -88,6 +89,7 @@ class ToolPermissionGate:
         protect: path prefixes of MCP endpoints, as the app's router sees them (without ``root_path``).
         max_body: request body cap in bytes (413 beyond it).
         clock: for the audit line's duration.
+        observer: told of each refusal (`auth._observe`); none by default.
     """
 
     def __init__(
@@ -99,9 +101,11 @@ class ToolPermissionGate:
         protect: tuple[str, ...] = ("/mcp",),
         max_body: int = 1024 * 1024,
         clock: Callable[[], float] = time.perf_counter,
+        observer: Observer | None = None,
     ) -> None:
         self.app = app
         self._permissions = permissions
+        self._observer = observer or NO_OBSERVER
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._max_body = max_body
@@ -154,6 +158,7 @@ class ToolPermissionGate:
             )
             exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
             refused = [n for n in dict.fromkeys(names) if not self._permissions.allows(n, token.permissions)]
+            self._observer.refused(refused, missing)
             exc.description = refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
@@ -307,6 +312,7 @@ def protect(
     routes: Sequence[BaseRoute] = (),
     max_body: int = 1024 * 1024,
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
+    observer: Observer | None = None,
 ) -> ProtectedApp:
     """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
 
@@ -333,17 +339,21 @@ def protect(
         max_body: request body cap of the gate in bytes (413 beyond it).
         lifespan: an async context the app's lifespan enters around the SDK's session manager
             (open a database, say).
+        observer: told of authentications, key fetches, token-cache use and refusals (`auth._observe`);
+            passed to the verifier only when this call builds it.
     """
     if permissions is None:
         permissions = ToolPermissions.from_server(mcp, aliases=settings.permission_aliases, implies=settings.implies)
     mcp.middleware.append(filter_tools_middleware(permissions))
     endpoint = app if app is not None else cast(ASGIApp, mcp.streamable_http_app(streamable_http_path=path))
     owned = verifier is None
-    token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
+    token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings, observer=observer)
     scopes = sorted(permissions.all_permissions())
     closed = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
-    gated = ToolPermissionGate(closed, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
-    guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
+    gated = ToolPermissionGate(closed, settings=settings, permissions=permissions, protect=(path,), max_body=max_body,
+                               observer=observer)
+    guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes,
+                                   observer=observer)
 
     @contextlib.asynccontextmanager
     async def app_lifespan(_: Starlette) -> AsyncIterator[None]:
