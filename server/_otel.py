@@ -338,7 +338,8 @@ _PROPAGATOR = TraceContextTextMapPropagator()  # W3C trace context only: no bagg
 
 
 class TracingLayer(CorrelationLayer):
-    """`CorrelationLayer` plus a SERVER span around each request to ``paths`` (the MCP endpoint).
+    """`CorrelationLayer` plus a SERVER span around each request to ``paths`` (the MCP endpoint and below it,
+    where the auth layer looks at every request).
 
     The span's parent is the request's ``traceparent`` header when valid; with no id of its own
     the request takes the span's trace id as its ``request_id``.
@@ -348,10 +349,13 @@ class TracingLayer(CorrelationLayer):
                  paths: Iterable[str]) -> None:
         super().__init__(app)
         self._tracer = tracer
-        self._paths = frozenset(paths)
+        self._paths = tuple(p.rstrip("/") for p in paths)
+
+    def _traced(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self._paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) not in self._paths:
+        if scope["type"] != "http" or not self._traced(route_path(scope)):
             await super().__call__(scope, receive, send)
             return
         headers = scope["headers"]
