@@ -82,7 +82,7 @@ METHODS = frozenset({
 })
 VERSIONS = frozenset({*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS})
 OTHER = "other"
-TOKEN_NAMED = "token-named"
+TOKEN_NAMED = "token-named"  # noqa: S105 - a label, not a credential
 MAX_SPAN_NAME = 128
 
 # Seconds; the OpenTelemetry default buckets are made for milliseconds.
@@ -469,7 +469,7 @@ class _Collector:
         for resource_metrics in data.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
-                    points = list(metric.data.data_points)
+                    points: list[Any] = list(metric.data.data_points)
                     if not points:
                         continue
                     keys = sorted({k for p in points for k in (p.attributes or {})})

@@ -126,7 +126,8 @@ def _signal_endpoint(env: Mapping[str, str], signal: str) -> str:
 
 
 def _has_endpoint(env: Mapping[str, str], signal: str) -> bool:
-    return bool(_text(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or _text(env, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"))
+    own = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    return bool(_text(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or _text(env, own))
 
 
 def _protocol(env: Mapping[str, str], signal: str) -> None:
@@ -175,7 +176,8 @@ def _prometheus(env: Mapping[str, str], server_port: int) -> tuple[str, int]:
         try:
             ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            raise ConfigError("OTEL_EXPORTER_PROMETHEUS_HOST", f"must be an IP address or localhost, got {host[:60]!r}")
+            raise ConfigError("OTEL_EXPORTER_PROMETHEUS_HOST",
+                              f"must be an IP address or localhost, got {host[:60]!r}") from None
     raw = _text(env, "OTEL_EXPORTER_PROMETHEUS_PORT") or "9464"
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 65535:
         raise ConfigError("OTEL_EXPORTER_PROMETHEUS_PORT", f"must be a TCP port number, got {raw[:20]!r}")

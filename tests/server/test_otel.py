@@ -14,7 +14,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -239,7 +238,8 @@ def test_prometheus_endpoint_serves_the_same_metrics_on_its_own_port(session: Se
     assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
     text = scrape.text
     assert 'mcp_auth_refusals_total{gen_ai_tool_name="create_note",permission="api_write_access"} 1.0' in text
-    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 5.0' in text  # scraped before /mcp/metrics
+    # scraped before the request to /mcp/metrics
+    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 5.0' in text
     assert "# TYPE mcp_server_operation_duration_seconds histogram" in text
     assert 'mcp_auth_token_cache_lookups_total{result="hit"} 3.0' in text
 
