@@ -55,7 +55,9 @@ def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     ``X-Vcap-Request-Id``; a supplied id is 1 to 128 characters of ``A-Z a-z 0-9 . _ : -``,
     starting with a letter or digit. The first header of each name counts.
     """
-    trace = request = vcap = None
+    trace: bytes | None = None
+    request: bytes | None = None
+    vcap: bytes | None = None
     for key, value in headers:
         if key == b"traceparent":
             trace = value if trace is None else trace
