@@ -22,7 +22,7 @@ import pytest
 from tests._live import free_port
 from tests._otlp import Receiver, Span, otlp_receiver
 
-from .conftest import LEGACY_HEADERS, tool_call
+from .conftest import ENVELOPE, LEGACY_HEADERS, modern_headers, tool_call
 from .test_dev_mode import DevProcess, server_env, start, stop, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,6 +30,8 @@ pytestmark = pytest.mark.timeout(120)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
+META_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+META_PARENT = "b7ad6b7169203331"
 SERVICE = "notes-under-test"
 SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP span kinds
 
@@ -76,6 +78,9 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             steps["missing"] = _post(base, None, tool_call("whoami", {}, modern=False))
             steps["forbidden"] = _post(base, read, tool_call("create_note", {"title": "t"}, modern=False))
             steps["unknown"] = _post(base, read, tool_call("x" * 300, {}, modern=False))
+            modern = tool_call("whoami", {}, modern=True, id=7)
+            modern["params"]["_meta"] = {**ENVELOPE, "traceparent": f"00-{META_TRACE_ID}-{META_PARENT}-01"}
+            steps["meta"] = _post(base, read, modern, **modern_headers("whoami"))
             # --- 429: the rate-limit step goes here once per-client limits exist (issue 19) ---------
             db = tmp / "notes.db"  # the store breaks: a folder where the database file was
             for path in tmp.glob("notes.db*"):
@@ -84,7 +89,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             steps["store_error"] = _post(base, full, tool_call("create_note", {"title": "t"}, modern=False))
             shutil.rmtree(db)
             expected = {"whoami": 200, "list": 200, "invalid": 401, "missing": 401, "forbidden": 403,
-                        "unknown": 200, "store_error": 200}
+                        "unknown": 200, "meta": 200, "store_error": 200}
             assert {k: r.status_code for k, r in steps.items()} == expected
             assert steps["store_error"].json()["result"]["isError"] is True
             scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
@@ -113,13 +118,13 @@ def _children(spans: list[Span], parent: Span) -> list[Span]:
 def test_one_http_span_per_mcp_request_with_the_status(session: Session) -> None:
     spans = session.receiver.spans()
     http = [s for s in spans if s.name == "POST /mcp"]
-    assert len(http) == 7
+    assert len(http) == 8
     assert len([s for s in spans if s.name == "POST /mcp/metrics" and s.kind == SERVER]) == 1  # below the path too
     assert all(s.kind == SERVER and s.resource["service.name"] == SERVICE for s in http)
     by_step = {step: _http_span(spans, rid) for step, rid in session.ids.items()}  # the request id is the trace id
     assert {k: s.attributes["http.response.status_code"] for k, s in by_step.items()} == {
         "whoami": 200, "list": 200, "invalid": 401, "missing": 401, "forbidden": 403, "unknown": 200,
-        "store_error": 200}
+        "meta": 200, "store_error": 200}
     assert all(s.attributes["http.request.method"] == "POST" and s.attributes["http.route"] == "/mcp"
                for s in by_step.values())
 
@@ -135,8 +140,8 @@ def test_the_trace_context_of_the_traceparent_header_is_the_parent(session: Sess
 
 def test_the_mcp_span_follows_the_semantic_conventions(session: Session) -> None:
     spans = session.receiver.spans()
-    (mcp,) = [s for s in spans if s.name == "tools/call whoami"]
-    assert mcp.kind == SERVER and mcp.trace_id == TRACE_ID
+    (mcp,) = [s for s in spans if s.name == "tools/call whoami" and s.trace_id == TRACE_ID]
+    assert mcp.kind == SERVER
     assert mcp.attributes == {
         "mcp.method.name": "tools/call", "gen_ai.tool.name": "whoami", "gen_ai.operation.name": "execute_tool",
         "jsonrpc.request.id": "1", "mcp.protocol.version": "2025-11-25"}
@@ -144,14 +149,23 @@ def test_the_mcp_span_follows_the_semantic_conventions(session: Session) -> None
     assert listed.attributes["jsonrpc.request.id"] == "list-1"
 
 
+def test_trace_context_in_params_meta_is_the_mcp_spans_parent(session: Session) -> None:
+    spans = session.receiver.spans()
+    (mcp,) = [s for s in spans if s.trace_id == META_TRACE_ID]
+    assert (mcp.name, mcp.parent_id) == ("tools/call whoami", META_PARENT)
+    assert mcp.attributes["mcp.protocol.version"] == "2026-07-28" and mcp.attributes["jsonrpc.request.id"] == "7"
+    http = _http_span(spans, session.ids["meta"])  # the HTTP request itself came without a traceparent
+    assert http.parent_id == "" and [s.name for s in _children(spans, http)] == ["auth.verify"]
+
+
 def test_verification_and_key_fetch_are_child_spans(session: Session) -> None:
     spans = session.receiver.spans()
     http = {s.span_id for s in spans if s.name == "POST /mcp"}
     verifies = [s for s in spans if s.name == "auth.verify" and s.parent_id in http]
-    assert len(verifies) == 7  # one per request, the one without a token included
+    assert len(verifies) == 8  # one per request, the one without a token included
     outcomes = sorted((s.attributes["auth.outcome"], s.attributes["auth.reason"]) for s in verifies)
     assert outcomes[:1] == [("invalid", outcomes[0][1])] and outcomes[0][1] in ("invalid", "malformed")
-    assert outcomes[1:] == [("missing", "missing")] + [("valid", "none")] * 5
+    assert outcomes[1:] == [("missing", "missing")] + [("valid", "none")] * 6
     (fetch,) = [s for s in spans if s.name == "auth.key_fetch"]  # the first token's verification fetched the keys
     (parent,) = [s for s in verifies if s.span_id == fetch.parent_id]
     assert fetch.kind == CLIENT and fetch.attributes["auth.fetch.result"] == "ok"
@@ -197,12 +211,12 @@ def test_metrics_arrive_with_their_attributes_and_counts(session: Session) -> No
     verifications = {k: p.as_int for k, p in _points(session, "mcp.auth.token.verifications").items()}
     invalid_reason = next(dict(k)["reason"] for k in verifications if dict(k)["outcome"] == "invalid")
     assert verifications == {
-        (("outcome", "valid"), ("reason", "none")): 6,  # five on /mcp, one on /mcp/metrics (then 401 there)
+        (("outcome", "valid"), ("reason", "none")): 7,  # six on /mcp, one on /mcp/metrics (then 401 there)
         (("outcome", "invalid"), ("reason", invalid_reason)): 1,
         (("outcome", "missing"), ("reason", "missing")): 1,
     }
     cache = {dict(k)["result"]: p.as_int for k, p in _points(session, "mcp.auth.token_cache.lookups").items()}
-    assert cache == {"miss": 3, "hit": 4}  # two good tokens and the bad one verified afresh, then hits
+    assert cache == {"miss": 3, "hit": 5}  # two good tokens and the bad one verified afresh, then hits
     issuer = session.process.base_url + "/dev-ias"
     fetches = {k: p.as_int for k, p in _points(session, "mcp.auth.key.fetches").items()}
     assert fetches == {(("issuer", issuer), ("result", "ok")): 1}
@@ -220,7 +234,10 @@ def test_operation_duration_by_method_tool_and_error(session: Session) -> None:
     assert operations[tuple(sorted((*call, ("gen_ai.tool.name", "list_notes"))))] == 1
     assert operations[tuple(sorted((*call, ("gen_ai.tool.name", "create_note"), ("error.type", "tool_error"))))] == 1
     unknown = [k for k in operations if ("gen_ai.tool.name", "other") in k]  # not a registered name: "other"
-    assert len(unknown) == 1 and sum(operations.values()) == 4  # refused calls never reached the SDK
+    assert len(unknown) == 1 and sum(operations.values()) == 5  # refused calls never reached the SDK
+    modern = (("gen_ai.operation.name", "execute_tool"), ("gen_ai.tool.name", "whoami"),
+              ("mcp.method.name", "tools/call"), ("mcp.protocol.version", "2026-07-28"))
+    assert operations[modern] == 1
     (unit,) = {p.explicit_bounds[0] for p in _points(session, "mcp.server.operation.duration").values()}
     assert unit < 0.01  # seconds, with buckets fine enough for milliseconds
 
@@ -239,9 +256,9 @@ def test_prometheus_endpoint_serves_the_same_metrics_on_its_own_port(session: Se
     text = scrape.text
     assert 'mcp_auth_refusals_total{gen_ai_tool_name="create_note",permission="api_write_access"} 1.0' in text
     # scraped before the request to /mcp/metrics
-    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 5.0' in text
+    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 6.0' in text
     assert "# TYPE mcp_server_operation_duration_seconds histogram" in text
-    assert 'mcp_auth_token_cache_lookups_total{result="hit"} 3.0' in text
+    assert 'mcp_auth_token_cache_lookups_total{result="hit"} 4.0' in text
 
 
 def test_the_public_route_never_serves_the_metrics(session: Session) -> None:
