@@ -136,6 +136,8 @@ class _Timed:
         seconds = time.perf_counter() - self._started
         try:
             self.record(exc, seconds)
+        except Exception:  # telemetry never fails a request
+            log.debug("recording %s failed", self._name, exc_info=True)
         finally:
             if self._span is not None:
                 otel_context.detach(self._token)
