@@ -29,7 +29,19 @@ from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal, Protocol
 
-from ._errors import AuthError, InsufficientScope, KeysUnavailable, MissingToken
+from ._errors import (
+    AuthError,
+    BadSignature,
+    CertificateMismatch,
+    InsufficientScope,
+    KeysUnavailable,
+    MalformedToken,
+    MissingToken,
+    TokenExpired,
+    TokenNotYetValid,
+    UntrustedIssuer,
+    WrongAudience,
+)
 
 __all__ = [
     "Observer",
@@ -64,21 +76,21 @@ REASONS = (
 )
 """Reason categories: a fixed set, so a metric label stays bounded whatever tokens arrive."""
 
-# The category of an `InvalidToken` subclass, by class name: the subclasses (TokenExpired, ...) name
-# the category the client is told; matching by name keeps this module free of the list.
-_CATEGORY_BY_CLASS = {
-    "TokenExpired": "expired",
-    "TokenNotYetValid": "not_yet_valid",
-    "WrongAudience": "audience",
-    "UntrustedIssuer": "issuer",
-    "BadSignature": "signature",
-    "MalformedToken": "malformed",
-    "CertificateMismatch": "certificate",
-}
+# The categories of `InvalidToken` (the same ones the client's error_description names).
+_CATEGORIES: tuple[tuple[type[AuthError], str], ...] = (
+    (TokenExpired, "expired"),
+    (TokenNotYetValid, "not_yet_valid"),
+    (WrongAudience, "audience"),
+    (UntrustedIssuer, "issuer"),
+    (BadSignature, "signature"),
+    (MalformedToken, "malformed"),
+    (CertificateMismatch, "certificate"),
+)
 
 FETCH_RESULTS = ("ok", "refused", "not_found", "connection_refused", "timeout", "error")
 """Results of a key-set fetch: every value `fetch_result` returns."""
 
+# By class name: `auth._jwks`, which defines the fetch errors, imports this module.
 _FETCH_BY_CLASS = {
     "FetchRefused": "refused",
     "HostNotFound": "not_found",
@@ -102,9 +114,8 @@ def verification_outcome(exc: BaseException | None) -> tuple[Outcome, str]:
         return "unavailable", "keys_unavailable"
     if isinstance(exc, InsufficientScope):
         return "forbidden", "insufficient_scope"
-    for cls in type(exc).__mro__:
-        category = _CATEGORY_BY_CLASS.get(cls.__name__)
-        if category is not None:
+    for cls, category in _CATEGORIES:
+        if isinstance(exc, cls):
             return "invalid", category
     return "invalid", "invalid"
 
