@@ -43,6 +43,7 @@ from ._dev_issuer import (
 )
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
+from ._otel_settings import TelemetrySettings
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
 from ._tls import check_tls_files, uvicorn_tls_options
 
@@ -191,6 +192,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     shared: str | None = None
     verifier: JWTVerifier | None = None
     tls: dict[str, Any] = {}
+    telemetry: Any = None
     try:
         if args.dev:
             if env.get("VCAP_APPLICATION"):
@@ -215,6 +217,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             base_url = f"{'https' if certs else 'http'}://{url_host}:{sock.getsockname()[1]}"
             dev_env = {**env, "HOST": host, "PORT": str(sock.getsockname()[1])}
             extra_clients = parse_dev_clients(env.get(DEV_CLIENTS_SETTING, ""))
+            telemetry = _telemetry(preliminary.telemetry)
             routes: list[Any] = []
             if shared is not None:
                 settings = dev_settings(dev_env, base_url, shared)
@@ -227,20 +230,23 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 issuer = DevIssuer(base_url, extra_clients={**extra_clients, certs.client_id: x509_client})
                 settings = dev_settings(dev_env, base_url, issuer, cert_binding="if-bound")
                 jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
-                verifier = JWTVerifier(settings.auth, client=jwks_client)
+                verifier = JWTVerifier(settings.auth, client=jwks_client,
+                                       observer=telemetry.observer if telemetry else None)
                 tls = uvicorn_tls_options(certs.server_cert, certs.server_key, certs.ca)
                 routes = [*issuer.well_known_routes(), issuer.mount()]
             audit = configure_logging(settings.log_level)
-            app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit)
+            app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit, telemetry=telemetry)
         else:
             for name in (DEV_CLIENTS_SETTING, DEV_ISSUER_SETTING):
                 if env.get(name, "").strip():
                     raise ConfigError(name, "is only used with --dev")
             settings = load_server_settings(env)
             tls = _tls_options(settings)
+            telemetry = _telemetry(settings.telemetry)
             audit = configure_logging(settings.log_level)
             sock = _bind(settings.host, settings.port)
-            app = create_app(settings, audit=audit)
+            app = create_app(settings, audit=audit, telemetry=telemetry)
+        metrics_port = telemetry.serve_metrics() if telemetry is not None else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -248,6 +254,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 2
     log.info("auth configuration", extra={"audit": auth_summary(settings.auth)})
+    if telemetry is not None:
+        log.info("telemetry", extra={"audit": telemetry_summary(settings.telemetry, metrics_port)})
     if settings.dev:
         banner: dict[str, Any] = {"extra_clients": extra_clients, "shared_issuer": shared}
         if certs is not None:
@@ -261,8 +269,39 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     log.info("listening on %s:%d%s", settings.host, sock.getsockname()[1], " (TLS)" if tls else "")
     config = uvicorn.Config(app, **server_options(tls))
     # The dev verifier's HTTP client is not closed: its connections end with the process.
-    _GracefulServer(config).run(sockets=[sock])
+    try:
+        _GracefulServer(config).run(sockets=[sock])
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # the last spans and metrics go out before the process ends
     return 0
+
+
+def _telemetry(settings: TelemetrySettings) -> Any:
+    """The process's `server._otel.Telemetry` (its tracer provider made the global one), or None when off.
+
+    The OpenTelemetry SDK is imported only here, and only when a setting turns telemetry on.
+    """
+    if not settings.enabled:
+        return None
+    try:
+        from ._otel import open_telemetry
+    except ImportError as exc:
+        raise ConfigError("OTEL_*", f"telemetry needs the otel extra (pip install '.[otel]'): {exc.name}") from None
+    telemetry = open_telemetry(settings)
+    if telemetry is not None:
+        telemetry.install()
+    return telemetry
+
+
+def telemetry_summary(settings: TelemetrySettings, metrics_port: int | None) -> dict[str, Any]:
+    """Where telemetry goes, for the start-up log line (endpoints only: headers may hold keys)."""
+    return {
+        "service_name": settings.service_name,
+        "traces": settings.traces_endpoint or "off",
+        "metrics": settings.metrics_endpoint or "off",
+        "prometheus": f"{settings.prometheus[0]}:{metrics_port}/metrics" if settings.prometheus else "off",
+    }
 
 
 def server_options(tls: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from auth._request import is_loopback_host
 from auth._service_bindings import service_bindings  # the auth layer's binding reader, shared with the app
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
+from ._otel_settings import TelemetrySettings, load_telemetry_settings
+
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
 
 MCP_PATH = "/mcp"
@@ -37,6 +39,7 @@ class ServerSettings:
     tls_cert_file: Path | None = None  # serve HTTPS with this certificate (MCP_TLS_CERT)
     tls_key_file: Path | None = None  # and this key (MCP_TLS_KEY)
     tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
+    telemetry: TelemetrySettings = TelemetrySettings()  # OTEL_*: traces and metrics (off by default)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -124,6 +127,7 @@ def load_server_settings(
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
+        telemetry=load_telemetry_settings(env, server_port=port),
     )
 
 

@@ -29,11 +29,13 @@ def test_bench_server_serves_every_app_in_both_framings_without_errors() -> None
     rows = [line.split() for line in out.splitlines() if line.startswith("uvicorn-fast ")]
     cells = {(row[1], row[2], row[3]) for row in rows}
     expected = {(f, k, a) for f in ("2025-11-25", "2026-07-28") for k in ("1", "4")
-                for a in ("ours", "noauth", "sdk", "floor")}
+                for a in ("ours", "otel", "noauth", "sdk", "floor")}
     assert cells == expected, out
     assert all(row[8] == "0" for row in rows), out  # the errors column
     assert all(float(row[4]) > 0 for row in rows), out  # req/s
     assert "RSS after load" in out
+    overhead = [line for line in out.splitlines() if line.strip().startswith("uvicorn-fast") and "throughput" in line]
+    assert len(overhead) == 4 and all("x [" in line for line in overhead), out  # telemetry on / off, each cell
     judged = [line for line in out.splitlines() if "target >=" in line or "target <=" in line]
     assert len(judged) == 5 and all(line.endswith(("met", "NOT MET")) for line in judged), out
 
