@@ -42,8 +42,17 @@ def protected_resource_metadata(settings: AuthSettings, scopes_supported: Iterab
     return doc
 
 
-def metadata_routes(settings: AuthSettings, scopes_supported: Iterable[str] = ()) -> list[Route]:
-    """Routes serving the metadata at the path form and the root form (clients try both)."""
+def metadata_routes(
+    settings: AuthSettings, scopes_supported: Iterable[str] = (), *, endpoint_path: str | None = None
+) -> list[Route]:
+    """Routes serving the metadata at the path form and the root form (clients try both).
+
+    The paths come from ``settings.resource_url``, the public URL: for ``https://host/notes/mcp``
+    they are ``/.well-known/oauth-protected-resource/notes/mcp`` and the root form, at the host
+    root, where RFC 9728 §3.1 puts them. An app mounted under ``/notes`` gives these routes to the
+    outer app; with ``endpoint_path="/mcp"`` it also serves the path form of its own endpoint
+    (``/notes/.well-known/oauth-protected-resource/mcp`` once mounted).
+    """
     document = protected_resource_metadata(settings, scopes_supported)
     headers = {"cache-control": "public, max-age=3600", "access-control-allow-origin": "*"}
 
@@ -51,5 +60,6 @@ def metadata_routes(settings: AuthSettings, scopes_supported: Iterable[str] = ()
         return JSONResponse(document, headers=headers)
 
     path = urlsplit(settings.resource_url).path.rstrip("/")
-    paths = dict.fromkeys((METADATA_PREFIX + path, METADATA_PREFIX))
+    own = () if endpoint_path is None else (METADATA_PREFIX + endpoint_path.rstrip("/"),)
+    paths = dict.fromkeys((METADATA_PREFIX + path, *own, METADATA_PREFIX))
     return [Route(p, endpoint, methods=["GET"]) for p in paths]

@@ -14,12 +14,13 @@ from ._challenge import error_body, error_headers
 from ._context import bind_token, reset_token
 from ._errors import AuthError, InvalidToken, MissingToken
 from ._metadata import resource_metadata_url
+from ._request import clip, is_preflight, route_path
 from ._sdk import PrincipalCache
 from ._settings import AuthSettings
 from ._token import VerifiedToken
 from ._verifier import TokenVerifier
 
-__all__ = ["BearerAuthMiddleware", "bearer_token", "send_auth_error", "SCOPE_KEY"]
+__all__ = ["BearerAuthMiddleware", "RequireToken", "bearer_token", "send_auth_error", "SCOPE_KEY"]
 
 log = logging.getLogger("auth")
 
@@ -99,7 +100,9 @@ class BearerAuthMiddleware:
         app: the ASGI app to guard.
         verifier: turns a token into a `VerifiedToken` or raises an `AuthError`.
         settings: supplies the resource URL for ``resource_metadata`` in challenges.
-        protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``).
+        protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``), as the
+            app's router sees them: mounted under ``/notes`` (a Starlette ``Mount`` or uvicorn's
+            ``root_path``), ``/mcp`` guards ``/notes/mcp``.
         scopes: what basic use needs, named in the 401 challenge (unless configured).
         certificate_check: RFC 8705 binding check raising `InvalidToken` on mismatch; by default
             the one ``settings.cert_binding`` and ``settings.trust_forwarded_client_cert`` describe.
@@ -127,24 +130,17 @@ class BearerAuthMiddleware:
         return any(path == p or path.startswith(p + "/") for p in self._protect)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] not in ("http", "websocket") or not self._protected(scope["path"]):
+        # The path the router will route on (without root_path), or a prefix opens the door.
+        if scope["type"] not in ("http", "websocket") or not self._protected(route_path(scope)):
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "http" and scope.get("method") == "OPTIONS":
-            await self.app(scope, receive, send)  # CORS preflight carries no credentials
+        if is_preflight(scope):
+            await self.app(scope, receive, send)  # a CORS preflight carries no credentials (and no body)
             return
         try:
             raw, token = await self._authenticate(scope)
         except AuthError as exc:
-            level = logging.WARNING if exc.status >= 500 else logging.INFO
-            log.log(
-                level,
-                "auth denied: status=%d error=%s reason=%s path=%s",
-                exc.status,
-                exc.error or "-",
-                exc.reason,
-                scope["path"],
-            )
+            _log_denial(exc, scope)
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
@@ -183,3 +179,50 @@ class BearerAuthMiddleware:
         if self._certificate_check is not None:
             self._certificate_check(scope, token)
         return raw, token
+
+
+def _log_denial(exc: AuthError, scope: dict[str, Any]) -> None:
+    """One log line for a refused request; the reason and path (attacker-chosen) are `clip`-ped."""
+    log.log(
+        logging.WARNING if exc.status >= 500 else logging.INFO,
+        "auth denied: status=%d error=%s reason=%s path=%s",
+        exc.status,
+        exc.error or "-",
+        clip(exc.reason),
+        clip(scope.get("path", "")),
+    )
+
+
+class RequireToken:
+    """The last check in front of an endpoint: no verified principal in the scope, no entry (fail closed).
+
+    `BearerAuthMiddleware` in front puts the principal at ``scope["auth.token"]``; a request that
+    arrives without one (the middleware left out, mounted for another path, or skipped by a
+    routing mistake) gets the 401 challenge (RFC 6750 §3.1, no error code: no credentials were
+    checked) instead of the endpoint. CORS preflights (`is_preflight`) and lifespan events pass.
+
+    Args:
+        app: the endpoint app (every path it serves needs a principal).
+        settings: supplies the resource URL for ``resource_metadata`` in the challenge.
+        scopes: what basic use needs, named in the challenge (unless configured).
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: AuthSettings, scopes: Iterable[str] = ()) -> None:
+        self.app = app
+        self._metadata_url = resource_metadata_url(settings.resource_url)
+        self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or isinstance(scope.get(SCOPE_KEY), VerifiedToken)
+            or is_preflight(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        exc = MissingToken("no verified principal reached the endpoint (no auth layer in front of this path)")
+        _log_denial(exc, scope)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)

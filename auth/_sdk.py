@@ -23,6 +23,7 @@ from pydantic import ConfigDict
 from starlette.authentication import AuthCredentials
 
 from ._errors import AuthError
+from ._request import clip
 from ._settings import CertBinding
 from ._token import VerifiedToken
 
@@ -72,7 +73,8 @@ async def verify_token(
     try:
         verified = await verifier.verify(token)
     except AuthError as exc:
-        log.info("sdk verify_token refused: status=%d error=%s reason=%s", exc.status, exc.error or "-", exc.reason)
+        reason = clip(exc.reason)  # may quote an unverified claim
+        log.info("sdk verify_token refused: status=%d error=%s reason=%s", exc.status, exc.error or "-", reason)
         return None
     except Exception:  # the SDK turns an exception into a bare 500 without a challenge
         log.exception("token verifier failed unexpectedly")

@@ -7,6 +7,7 @@ Request path, outermost first::
                            /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
+    RequireToken           401 for whatever arrives without a verified principal (fail closed)
     MCPEndpoint            one exchange per ASGI call, through the MCP SDK (stateless, JSON
                            responses: any instance can serve any request)
 """
@@ -59,7 +60,8 @@ def build_mcp(settings: ServerSettings, store: NotesStore, audit: AuditWrite | N
         middleware=[audit_middleware(audit)],
     )
     quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
-    register(mcp, store)
+    # Multi-tenant IAS (trusted domains): each (issuer, tenant) of a token sees only its own notes.
+    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers))
     # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
     # accept it; the server sends no log notifications, so there is nothing to filter.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _accept_log_level)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from auth._request import route_path
+
 __all__ = ["HostOriginGuard"]
 
 
@@ -20,7 +22,8 @@ class HostOriginGuard:
         app: the app to guard.
         allowed_hosts: exact ``Host`` values (``host[:port]``); ``*`` accepts any.
         allowed_origins: exact origins (``scheme://host[:port]``).
-        exempt: paths served whatever the Host (the platform's health check).
+        exempt: paths served whatever the Host (the platform's health check), as the router
+            sees them (without a ``root_path`` prefix).
     """
 
     def __init__(
@@ -38,7 +41,7 @@ class HostOriginGuard:
         self._exempt = frozenset(exempt)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self._exempt:
+        if scope["type"] not in ("http", "websocket") or route_path(scope) in self._exempt:
             await self.app(scope, receive, send)
             return
         host = origin = None

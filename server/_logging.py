@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from mcp.shared.exceptions import MCPError
 
 from auth import AuthError, optional_token
+from auth._request import clip
 
 __all__ = ["JsonFormatter", "AuditWriter", "configure_logging", "audit_middleware", "write_audit"]
 
@@ -190,7 +191,7 @@ def audit_middleware(
         if ctx.method != "tools/call":
             return await call_next(ctx)
         params = ctx.params if isinstance(ctx.params, dict) else {}
-        tool = params.get("name") if isinstance(params.get("name"), str) else ""
+        tool = clip(params["name"]) if isinstance(params.get("name"), str) else ""  # the caller's: bounded
         token = optional_token()
         started = clock()
         decision = "error"
@@ -207,7 +208,7 @@ def audit_middleware(
             raise
         finally:
             emit("tool call", {
-                "client_id": token.client_id if token else None,
+                "client_id": clip(token.client_id) if token else None,
                 "tool": tool,
                 "decision": decision,
                 "duration_ms": round((clock() - started) * 1000, 2),

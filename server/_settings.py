@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auth import AuthSettings, ConfigError, load_settings
-from tools import DEFAULT_TIMEOUT_S, PostgresConfig
+from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
 
@@ -160,7 +160,10 @@ _URL_PARAMS = frozenset(
     {"sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "channel_binding", "target_session_attrs"}
 )
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_PLAINTEXT_MODES = ("disable", "allow", "prefer")  # may talk to the database without TLS
+_VERIFYING = ("verify-ca", "verify-full")
 PG_BINDING_LABEL = "postgresql-db"
+PLAINTEXT_SETTING = "MCP_NOTES_DB_ALLOW_PLAINTEXT"
 
 
 def _db_timeout(env: Mapping[str, str]) -> float:
@@ -179,16 +182,61 @@ def _db_timeout(env: Mapping[str, str]) -> float:
 def notes_db_setting(env: Mapping[str, str]) -> Path | PostgresConfig:
     """``MCP_NOTES_DB`` (a SQLite path or a PostgreSQL URL), else a PostgreSQL binding, else ``data/notes.db``.
 
+    PostgreSQL is reached over verified TLS (`postgres_tls`): ``sslmode=verify-full`` unless the URL
+    names another mode, against the binding's or the URL's CA, else the system's CA bundle.
+
     Raises:
-        ConfigError: naming ``MCP_NOTES_DB`` or ``VCAP_SERVICES``; the message never contains a password.
+        ConfigError: naming ``MCP_NOTES_DB``, ``VCAP_SERVICES`` or ``MCP_NOTES_DB_ALLOW_PLAINTEXT``;
+            the message never contains a password.
     """
     raw = env.get("MCP_NOTES_DB", "").strip()
     if raw:
         if "://" in raw or raw.lower().startswith(("postgres:", "postgresql:")):
-            return parse_postgres_url(raw, "MCP_NOTES_DB")
+            return postgres_tls(parse_postgres_url(raw, "MCP_NOTES_DB"), env)
         return Path(raw)
     binding = _postgres_binding(env.get("VCAP_SERVICES", "").strip())
-    return binding if binding is not None else Path("data/notes.db")
+    return postgres_tls(binding, env) if binding is not None else Path("data/notes.db")
+
+
+def postgres_tls(config: PostgresConfig, env: Mapping[str, str]) -> PostgresConfig:
+    """Settle how ``config`` protects the connection: verified TLS unless plaintext is explicitly allowed.
+
+    - no ``sslmode``: ``verify-full``;
+    - ``verify-ca``/``verify-full`` without a CA (``sslrootcert``, or the binding's PEM): the system's
+      CA bundle (`tools.system_ca_file`: ``$SSL_CERT_FILE``, else OpenSSL's default file);
+    - ``require`` (TLS, certificate unchecked) is kept: the URL asked for it;
+    - ``disable``/``allow``/``prefer`` may fall back to plaintext: refused unless
+      ``MCP_NOTES_DB_ALLOW_PLAINTEXT=true``, which is accepted only for a database on loopback.
+
+    Raises:
+        ConfigError: naming the setting the database came from, or ``MCP_NOTES_DB_ALLOW_PLAINTEXT``.
+    """
+    setting = config.source
+    allow_plaintext = _plaintext_allowed(env)
+    if allow_plaintext and not is_loopback_host(config.host):
+        raise ConfigError(PLAINTEXT_SETTING, "is accepted only for a database on loopback (127.0.0.1, ::1, "
+                                             "localhost); this one is elsewhere: use TLS")
+    params = dict(config.params)
+    sslmode = params.setdefault("sslmode", "verify-full")
+    if sslmode in _PLAINTEXT_MODES and not allow_plaintext:
+        raise ConfigError(setting, f"sslmode={sslmode} may connect without TLS; use verify-full (the default), "
+                                   f"verify-ca or require, or {PLAINTEXT_SETTING}=true for a database on loopback")
+    if sslmode in _VERIFYING and "sslrootcert" not in params and config.ssl_root_cert_pem is None:
+        ca_file = system_ca_file(env)
+        if ca_file is None:
+            raise ConfigError(setting, "has no sslrootcert and no system CA bundle was found to verify the "
+                                       "database's certificate: set SSL_CERT_FILE or give sslrootcert=<file>")
+        params["sslrootcert"] = ca_file
+    return replace(config, params=tuple(sorted(params.items())))
+
+
+def _plaintext_allowed(env: Mapping[str, str]) -> bool:
+    raw = env.get(PLAINTEXT_SETTING, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(PLAINTEXT_SETTING, f"must be true or false, got {raw[:20]!r}")
 
 
 def parse_postgres_url(url: str, setting: str) -> PostgresConfig:

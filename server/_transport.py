@@ -57,6 +57,8 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from auth._request import route_path
+
 __all__ = ["MCPEndpoint", "read_body", "BodyTooLarge", "BODY_KEY", "MESSAGE_KEY"]
 
 log = logging.getLogger("server")
@@ -148,7 +150,7 @@ class MCPEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method")
-        if scope["type"] != "http" or scope["path"] != self._path or method != "POST":
+        if scope["type"] != "http" or route_path(scope) != self._path or method != "POST":
             if scope["type"] == "http" and method in ("GET", "DELETE"):
                 await _method_not_allowed(send)
             else:

@@ -7,7 +7,8 @@
 The server runs as a non-root user (initdb and postgres refuse root): ``postgres`` when the
 package created it, else ``nobody``. Its data and socket folders live in one temporary folder
 owned by that user, removed afterwards. TLS is on, with a certificate for ``localhost`` and
-``127.0.0.1`` from a CA made here (`PostgresServer.ca_pem`); the role ``notes_app`` logs in
+``127.0.0.1`` from a CA made here (`PostgresServer.ca_pem`, `PostgresServer.ca_file`; `PostgresServer.url`
+verifies against it); the role ``notes_app`` logs in
 with a password (scram-sha-256) over TCP, and ``notes_cert`` needs a password and a client
 certificate from that CA. ``fsync`` is off: the data is thrown away.
 """
@@ -186,9 +187,18 @@ class PostgresServer:
                 sql.Identifier(name), sql.Identifier(owner)))
         return name
 
+    @property
+    def ca_file(self) -> Path:
+        """The test CA (PEM) that signed the server's certificate, readable by the tests."""
+        return self.root / "ca.pem"
+
     def url(self, dbname: str, *, user: str = APP_ROLE, **params: str) -> str:
-        """``postgresql://`` URL for ``dbname`` with the role's password (percent-encoded)."""
-        query = "&".join(f"{k}={v}" for k, v in {"sslmode": "disable", **params}.items())
+        """``postgresql://`` URL for ``dbname`` with the role's password (percent-encoded).
+
+        TLS verified against the test CA unless ``params`` say otherwise, as the server requires.
+        """
+        defaults = {"sslmode": "verify-full", "sslrootcert": str(self.ca_file)}
+        query = "&".join(f"{k}={v}" for k, v in {**defaults, **params}.items())
         return f"postgresql://{user}:{quote(self.app_password, safe='')}@{self.host}:{self.port}/{dbname}?{query}"
 
 

@@ -3,7 +3,7 @@
 The server calls `register` once at start-up, after building its `MCPServer`::
 
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)  # SQLite path or PostgresConfig
-    register(mcp, store)
+    register(mcp, store, multi_tenant=False)      # True in IAS multi-tenant mode: notes apart per (issuer, tenant)
     await store.open()                            # in the app's lifespan; store.aclose() at shutdown
 
 Adding a tool is one decorated function inside `tools.notes.register_notes` (or a new
@@ -15,8 +15,11 @@ and ``tools/list`` filtering. Sync and async tools alike. The docstring is what 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
     async def count_notes() -> int:
-        \"\"\"Count the most recent notes (at most 100).\"\"\"
-        return len(await _run(store.list(100)))
+        \"\"\"Count the caller's most recent notes (at most 100).\"\"\"
+        return len(await _run(store.list(mine(), 100)))
+
+Every store call names the caller's `TenantKey` first (``mine()`` there: `tenant_of` the current
+token); a store never reads or writes across tenants.
 
 Leave out ``@requires`` only for a tool any valid token may call (like ``whoami``).
 Raise `mcp.server.mcpserver.exceptions.ToolError` for a problem the model can fix; the SDK
@@ -29,9 +32,18 @@ from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
 
-from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore
-from ._store import Note, NoteError, NotesStore, Readiness, SQLiteStore, StoreUnavailable
-from .notes import READ, WRITE, register_notes, register_whoami
+from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore, system_ca_file
+from ._store import (
+    SINGLE_TENANT,
+    Note,
+    NoteError,
+    NotesStore,
+    Readiness,
+    SQLiteStore,
+    StoreUnavailable,
+    TenantKey,
+)
+from .notes import READ, WRITE, register_notes, register_whoami, tenant_of
 
 __all__ = [
     "register",
@@ -40,8 +52,12 @@ __all__ = [
     "SQLiteStore",
     "PostgresStore",
     "PostgresConfig",
+    "system_ca_file",
     "Note",
     "NoteError",
+    "TenantKey",
+    "SINGLE_TENANT",
+    "tenant_of",
     "StoreUnavailable",
     "Readiness",
     "DEFAULT_TIMEOUT_S",
@@ -57,11 +73,13 @@ def open_store(where: Path | PostgresConfig, *, timeout: float = DEFAULT_TIMEOUT
     return SQLiteStore(Path(where))
 
 
-def register(mcp: MCPServer, store: NotesStore) -> None:
+def register(mcp: MCPServer, store: NotesStore, *, multi_tenant: bool = False) -> None:
     """Register every tool on ``mcp``: ``whoami`` and the note tools backed by ``store``.
 
     Call it once per server; each tool carries its permission declaration, so two servers
-    in one process share nothing.
+    in one process share nothing. ``multi_tenant``: each (issuer, tenant) of the callers' tokens
+    sees only its own notes (the server turns it on with IAS multi-tenant mode); off, every
+    caller shares the one `SINGLE_TENANT`.
     """
     register_whoami(mcp)
-    register_notes(mcp, store)
+    register_notes(mcp, store, multi_tenant=multi_tenant)

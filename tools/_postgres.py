@@ -16,11 +16,21 @@ Why it is shaped this way:
   orders by id (the order ids were taken, which concurrent writers may commit out of).
 - **Schema under an advisory lock** (``pg_advisory_xact_lock``): instances starting together
   migrate one at a time; the applied versions are recorded in ``notes_schema_version``.
+- **Tenants**: every row carries its `TenantKey` (``tenant_issuer``, ``tenant_id``) and every
+  statement names the caller's, so another tenant's note reads as one that does not exist; the
+  live-notes index leads with the key. Schema version 2 added the key: rows from version 1
+  belong to `SINGLE_TENANT` (the columns' default, so an instance still on the old code during
+  a rolling update keeps writing there instead of failing).
 - **Search** compares Python-casefolded copies of title and body (kept in the row), so it
   folds case exactly as the SQLite back end does ("STRASSE" finds "Straße").
 - **Credentials**: the password is never part of a repr, a log line or an error text; the
   CA and client certificate from a Cloud Foundry binding (PEM text) are written to private
   temporary files (mode 0600) because libpq reads them from files.
+- **TLS verified by default**: without an ``sslmode`` the store connects with ``verify-full``
+  (libpq's own default, ``prefer``, neither verifies the server nor refuses plaintext), against
+  the configured CA or else the system's CA bundle (`system_ca_file`). The libpq that
+  ``psycopg[binary]`` bundles (18) knows ``sslrootcert=system``, but its own OpenSSL looks for
+  that store in a folder of the wheel's build machine; the file Python's OpenSSL uses is given instead.
 """
 
 from __future__ import annotations
@@ -29,8 +39,9 @@ import logging
 import math
 import os
 import shutil
+import ssl
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,15 +56,17 @@ from ._store import (
     Note,
     NoteError,
     StoreUnavailable,
+    TenantKey,
     _check_client,
     _check_id,
     _check_limit,
     _check_note,
+    _check_tenant,
     _check_text,
     _escape_like,
 )
 
-__all__ = ["PostgresConfig", "PostgresStore", "SCHEMA_VERSION", "DEFAULT_TIMEOUT_S"]
+__all__ = ["PostgresConfig", "PostgresStore", "SCHEMA_VERSION", "DEFAULT_TIMEOUT_S", "system_ca_file", "VERIFYING"]
 
 log = logging.getLogger("tools.store")
 
@@ -62,7 +75,9 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 3.0
 """How long one store call may take (pool wait, connect, statement) before it fails as unavailable."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+VERIFYING = ("verify-ca", "verify-full")
+"""The ``sslmode`` values that check the server's certificate against a CA."""
 _LOCK_KEY = 0x6E6F746573  # "notes": the advisory lock instances take while migrating
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -82,27 +97,39 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX notes_live ON notes (id DESC) WHERE deleted_at IS NULL",
     ),
+    # Notes belong to a tenant; existing rows to SINGLE_TENANT ('', ''). A constant default adds
+    # the columns without rewriting the table; the index is built once, under the advisory lock.
+    2: (
+        "ALTER TABLE notes ADD COLUMN tenant_issuer text NOT NULL DEFAULT ''",
+        "ALTER TABLE notes ADD COLUMN tenant_id text NOT NULL DEFAULT ''",
+        "DROP INDEX IF EXISTS notes_live",
+        "CREATE INDEX notes_tenant_live ON notes (tenant_issuer, tenant_id, id DESC) WHERE deleted_at IS NULL",
+    ),
 }
 _COLUMNS = "id, title, body, created_by, updated_by, created_at, updated_at"
+_MINE = "tenant_issuer = %(ti)s AND tenant_id = %(tt)s AND deleted_at IS NULL"  # every statement says whose
 # Built once from constant column lists; every value is a bound parameter.
-_GET = f"SELECT {_COLUMNS} FROM notes WHERE id = %s AND deleted_at IS NULL"  # noqa: S608
-_LIST = f"SELECT {_COLUMNS} FROM notes WHERE deleted_at IS NULL ORDER BY id DESC LIMIT %s"  # noqa: S608
+_GET = f"SELECT {_COLUMNS} FROM notes WHERE id = %(id)s AND {_MINE}"  # noqa: S608
+_LIST = f"SELECT {_COLUMNS} FROM notes WHERE {_MINE} ORDER BY id DESC LIMIT %(limit)s"  # noqa: S608
 _SEARCH = (
-    f"SELECT {_COLUMNS} FROM notes WHERE deleted_at IS NULL"  # noqa: S608
+    f"SELECT {_COLUMNS} FROM notes WHERE {_MINE}"  # noqa: S608
     " AND (title_folded LIKE %(p)s ESCAPE '\\' OR body_folded LIKE %(p)s ESCAPE '\\')"
     " ORDER BY id DESC LIMIT %(limit)s"
 )
 _CREATE = (
-    "INSERT INTO notes (title, body, title_folded, body_folded, created_by, updated_by, created_at, updated_at)"  # noqa: S608
-    f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}"
+    "INSERT INTO notes (tenant_issuer, tenant_id, title, body, title_folded, body_folded,"  # noqa: S608
+    " created_by, updated_by, created_at, updated_at)"
+    " VALUES (%(ti)s, %(tt)s, %(title)s, %(body)s, %(title_f)s, %(body_f)s, %(by)s, %(by)s, %(now)s, %(now)s)"
+    f" RETURNING {_COLUMNS}"
 )
 _UPDATE = (
-    "UPDATE notes SET title = %s, body = %s, title_folded = %s, body_folded = %s, updated_by = %s, updated_at = %s"  # noqa: S608
-    f" WHERE id = %s AND deleted_at IS NULL RETURNING {_COLUMNS}"
+    "UPDATE notes SET title = %(title)s, body = %(body)s, title_folded = %(title_f)s,"  # noqa: S608
+    " body_folded = %(body_f)s, updated_by = %(by)s, updated_at = %(now)s"
+    f" WHERE id = %(id)s AND {_MINE} RETURNING {_COLUMNS}"
 )
 _DELETE = (
-    "UPDATE notes SET deleted_by = %s, deleted_at = %s"  # noqa: S608
-    f" WHERE id = %s AND deleted_at IS NULL RETURNING {_COLUMNS}"
+    "UPDATE notes SET deleted_by = %(by)s, deleted_at = %(now)s"  # noqa: S608
+    f" WHERE id = %(id)s AND {_MINE} RETURNING {_COLUMNS}"
 )
 
 
@@ -129,8 +156,18 @@ class PostgresConfig:
 
     def describe(self) -> str:
         """``postgresql://user@host:port/dbname`` plus the TLS mode: safe to log (no password)."""
-        sslmode = dict(self.params).get("sslmode", "prefer")
+        sslmode = dict(self.params).get("sslmode", "verify-full")
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname} (sslmode={sslmode})"
+
+
+def system_ca_file(env: Mapping[str, str]) -> str | None:
+    """The system's CA bundle, as Python's OpenSSL finds it: ``$SSL_CERT_FILE`` when set, else its default file.
+
+    None when that file does not exist (then there is no system trust store to verify against).
+    """
+    paths = ssl.get_default_verify_paths()
+    candidate = env.get(paths.openssl_cafile_env) or paths.openssl_cafile
+    return candidate if candidate and os.path.isfile(candidate) else None
 
 
 def _utc_now() -> datetime:
@@ -212,54 +249,52 @@ class PostgresStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, note_id: int) -> Note:
+    async def get(self, tenant: TenantKey, note_id: int) -> Note:
+        mine = _check_tenant(tenant)
         note_id = _check_id(note_id)
-        rows = await self._call(self._fetch, _GET, (note_id,))
+        rows = await self._call(self._fetch, _GET, {**mine, "id": note_id})
         if not rows:
             raise NoteError(f"note {note_id} does not exist")
         return _note(rows[0])
 
-    async def list(self, limit: int = 20) -> list[Note]:
+    async def list(self, tenant: TenantKey, limit: int = 20) -> list[Note]:
+        mine = _check_tenant(tenant)
         limit = _check_limit(limit)
-        rows = await self._call(self._fetch, _LIST, (limit,))
+        rows = await self._call(self._fetch, _LIST, {**mine, "limit": limit})
         return [_note(r) for r in rows]
 
-    async def search(self, query: str, limit: int = 20) -> list[Note]:
+    async def search(self, tenant: TenantKey, query: str, limit: int = 20) -> list[Note]:
+        mine = _check_tenant(tenant)
         query = _check_text("query", query, QUERY_MAX, strip=True, allow_empty=False)
         limit = _check_limit(limit)
         pattern = "%" + _escape_like(query.casefold()) + "%"
-        rows = await self._call(self._fetch, _SEARCH, {"p": pattern, "limit": limit})
+        rows = await self._call(self._fetch, _SEARCH, {**mine, "p": pattern, "limit": limit})
         return [_note(r) for r in rows]
 
     # -- writes --------------------------------------------------------------------------
 
-    async def create(self, title: str, body: str, client_id: str) -> Note:
+    async def create(self, tenant: TenantKey, title: str, body: str, client_id: str) -> Note:
+        mine = _check_tenant(tenant)
         title, body, client_id = _check_note(title, body, client_id)
-        now = self._now()
-        rows = await self._call(
-            self._fetch,
-            _CREATE,
-            (title, body, title.casefold(), body.casefold(), client_id, client_id, now, now),
-        )
+        values = {**mine, **_texts(title, body), "by": client_id, "now": self._now()}
+        rows = await self._call(self._fetch, _CREATE, values)
         return _note(rows[0])
 
-    async def update(self, note_id: int, title: str, body: str, client_id: str) -> Note:
+    async def update(self, tenant: TenantKey, note_id: int, title: str, body: str, client_id: str) -> Note:
+        mine = _check_tenant(tenant)
         note_id = _check_id(note_id)
         title, body, client_id = _check_note(title, body, client_id)
-        now = self._now()
-        rows = await self._call(
-            self._fetch,
-            _UPDATE,
-            (title, body, title.casefold(), body.casefold(), client_id, now, note_id),
-        )
+        values = {**mine, **_texts(title, body), "id": note_id, "by": client_id, "now": self._now()}
+        rows = await self._call(self._fetch, _UPDATE, values)
         if not rows:
             raise NoteError(f"note {note_id} does not exist")
         return _note(rows[0])
 
-    async def delete(self, note_id: int, client_id: str) -> Note | None:
+    async def delete(self, tenant: TenantKey, note_id: int, client_id: str) -> Note | None:
+        mine = _check_tenant(tenant)
         note_id = _check_id(note_id)
         client_id = _check_client(client_id)
-        rows = await self._call(self._fetch, _DELETE, (client_id, self._now(), note_id))
+        rows = await self._call(self._fetch, _DELETE, {**mine, "id": note_id, "by": client_id, "now": self._now()})
         return _note(rows[0]) if rows else None
 
     # -- plumbing ------------------------------------------------------------------------
@@ -334,6 +369,11 @@ class PostgresStore:
             # The migration opens its own transaction (conn.transaction()).
             autocommit=True,
         )
+        # Verified TLS unless the configuration says otherwise (the settings refuse plaintext modes
+        # unless allowed); a config built in code without a CA gets the system's bundle.
+        kwargs.setdefault("sslmode", "verify-full")
+        if kwargs["sslmode"] in VERIFYING and "sslrootcert" not in kwargs and not c.ssl_root_cert_pem:
+            kwargs["sslrootcert"] = system_ca_file(os.environ) or "system"
         files = {"sslrootcert": c.ssl_root_cert_pem, "sslcert": c.ssl_cert_pem, "sslkey": c.ssl_key_pem}
         if any(files.values()):
             self._tmpdir = Path(tempfile.mkdtemp(prefix="notes-pg-"))  # mode 0700
@@ -353,6 +393,10 @@ def _private_file(path: Path, text: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text if text.endswith("\n") else text + "\n")
     return path
+
+
+def _texts(title: str, body: str) -> dict[str, str]:
+    return {"title": title, "body": body, "title_f": title.casefold(), "body_f": body.casefold()}
 
 
 def _note(row: tuple[Any, ...]) -> Note:

@@ -24,6 +24,10 @@ Why the SQLite back end is shaped this way:
 - **`busy_timeout`**: a writer that finds the lock taken waits for it instead of failing.
 - **Soft delete**: every write, a delete included, records the client id that made it,
   so a deleted row keeps ``deleted_by``/``deleted_at`` and drops out of every read.
+- **Tenants**: every row belongs to a `TenantKey` (the issuer and tenant of the token that wrote
+  it; `SINGLE_TENANT` when the deployment is single-tenant), and every statement names it: a
+  note of another tenant reads exactly like one that does not exist. The live-notes index leads
+  with the tenant key, so each tenant's reads stay index lookups however many tenants share the file.
 
 Timestamps are ISO-8601 in UTC (``2025-01-31T12:00:00.123456+00:00``). "Newest first"
 orders by id, which SQLite assigns in commit order; wall clocks of two processes may disagree.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +54,8 @@ __all__ = [
     "Note",
     "NoteError",
     "NotesStore",
+    "TenantKey",
+    "SINGLE_TENANT",
     "StoreUnavailable",
     "SQLiteStore",
     "SQLiteNotes",
@@ -71,22 +78,33 @@ LIMIT_MAX = 100
 BUSY_TIMEOUT_MS = 5_000
 """How long a writer waits for another writer's lock before giving up with ``database is locked``."""
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS notes (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids of deleted notes are never reused
-    title       TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    created_by  TEXT NOT NULL,
-    updated_by  TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    deleted_by  TEXT,
-    deleted_at  TEXT
-);
-CREATE INDEX IF NOT EXISTS notes_live ON notes (id) WHERE deleted_at IS NULL;
-"""
+_SCHEMA_VERSION = 2
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE IF NOT EXISTS notes (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids of deleted notes are never reused
+            title       TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            created_by  TEXT NOT NULL,
+            updated_by  TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            deleted_by  TEXT,
+            deleted_at  TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS notes_live ON notes (id) WHERE deleted_at IS NULL",
+    ),
+    # Notes belong to a tenant. Rows written before belong to SINGLE_TENANT ('', ''), the key a
+    # single-tenant deployment keeps using, so they stay visible there.
+    2: (
+        "ALTER TABLE notes ADD COLUMN tenant_issuer TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE notes ADD COLUMN tenant_id TEXT NOT NULL DEFAULT ''",
+        "DROP INDEX IF EXISTS notes_live",
+        "CREATE INDEX notes_tenant_live ON notes (tenant_issuer, tenant_id, id) WHERE deleted_at IS NULL",
+    ),
+}
 _COLUMNS = "id, title, body, created_by, updated_by, created_at, updated_at"
+_MINE = "tenant_issuer = :ti AND tenant_id = :tt AND deleted_at IS NULL"  # every read and write says whose
 
 
 log = logging.getLogger("tools.store")
@@ -121,14 +139,33 @@ class Note:
     updated_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class TenantKey:
+    """Whose notes: every note belongs to one key, and every read and write names the caller's.
+
+    In a multi-tenant deployment it is the ``(issuer, tenant)`` of the token (`tools.tenant_of`):
+    the issuer is part of it because every IAS tenant under a trusted domain is a trusted issuer,
+    and one of them may sign any ``app_tid`` it likes. A single-tenant deployment uses `SINGLE_TENANT`.
+    """
+
+    issuer: str = ""
+    tenant: str = ""
+
+
+SINGLE_TENANT = TenantKey()
+"""The one tenant of a single-tenant deployment; notes written before schema version 2 belong to it."""
+
+
 @runtime_checkable
 class NotesStore(Protocol):
     """What the note tools need from a store; every method is async and safe to call concurrently.
 
-    Reads see every write that returned before they started, from any instance sharing the
-    database. Writes are single statements, so concurrent updates of one note leave exactly
-    one of the written versions. Input errors raise `NoteError`; an unreachable database
-    raises `StoreUnavailable` within the store's timeout.
+    Every method takes the caller's `TenantKey` first and sees that tenant's notes only: another
+    tenant's note id gives the same `NoteError` as an id that was never used. Reads see every
+    write that returned before they started, from any instance sharing the database. Writes are
+    single statements, so concurrent updates of one note leave exactly one of the written
+    versions. Input errors raise `NoteError`; an unreachable database raises `StoreUnavailable`
+    within the store's timeout.
     """
 
     async def open(self) -> None:
@@ -143,12 +180,12 @@ class NotesStore(Protocol):
         """Whether the database answers now (readiness); never raises, bounded by the store's timeout."""
         ...
 
-    async def get(self, note_id: int) -> Note: ...
-    async def list(self, limit: int = 20) -> list[Note]: ...
-    async def search(self, query: str, limit: int = 20) -> list[Note]: ...
-    async def create(self, title: str, body: str, client_id: str) -> Note: ...
-    async def update(self, note_id: int, title: str, body: str, client_id: str) -> Note: ...
-    async def delete(self, note_id: int, client_id: str) -> Note | None: ...
+    async def get(self, tenant: TenantKey, note_id: int) -> Note: ...
+    async def list(self, tenant: TenantKey, limit: int = 20) -> list[Note]: ...
+    async def search(self, tenant: TenantKey, query: str, limit: int = 20) -> list[Note]: ...
+    async def create(self, tenant: TenantKey, title: str, body: str, client_id: str) -> Note: ...
+    async def update(self, tenant: TenantKey, note_id: int, title: str, body: str, client_id: str) -> Note: ...
+    async def delete(self, tenant: TenantKey, note_id: int, client_id: str) -> Note | None: ...
 
 
 def _utc_now() -> datetime:
@@ -158,9 +195,12 @@ def _utc_now() -> datetime:
 class Readiness:
     """``await readiness()``: whether the store answers, asking it at most once per ``ttl`` seconds.
 
-    ``GET /ready`` needs no token, so its cost must not grow with the request rate: one ping at a
-    time (the others wait for its answer) and the answer reused for ``ttl`` seconds. A flood of
-    probes therefore costs at most one pooled connection, and one log line per ``ttl`` in an outage.
+    ``GET /ready`` needs no token, so its cost must not grow with the request rate: one ping in
+    flight at a time, its answer shared by every probe that waited for it, and reused for ``ttl``
+    seconds after the ping *ended*. A ping can take the store's whole timeout during an outage
+    (seconds); stamping the answer when the ping started would make it stale before the waiters
+    read it, and each would ping again in turn. A flood of probes therefore costs at most one
+    pooled connection, one ping per ``ttl`` plus the ping's own duration, and one log line per ping.
     """
 
     def __init__(self, store: NotesStore, *, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -168,13 +208,25 @@ class Readiness:
         self._ttl = ttl
         self._clock = clock
         self._lock = anyio.Lock()
-        self._answer: tuple[float, bool] | None = None  # (when asked, answer)
+        self._answer: tuple[float, bool] | None = None  # (when the ping ended, answer)
+
+    def _fresh(self) -> bool | None:
+        answer = self._answer
+        if answer is not None and self._clock() - answer[0] < self._ttl:
+            return answer[1]
+        return None
 
     async def __call__(self) -> bool:
+        fresh = self._fresh()
+        if fresh is not None:  # the common case: no lock, no ping
+            return fresh
         async with self._lock:
-            if self._answer is None or self._clock() - self._answer[0] >= self._ttl:
-                self._answer = (self._clock(), await self._store.ping())
-            return self._answer[1]
+            fresh = self._fresh()  # another probe pinged while this one waited: share its answer
+            if fresh is not None:
+                return fresh
+            ok = await self._store.ping()
+            self._answer = (self._clock(), ok)
+            return ok
 
 
 class SQLiteStore:
@@ -209,23 +261,23 @@ class SQLiteStore:
             return False
         return True
 
-    async def get(self, note_id: int) -> Note:
-        return await self._run(self.sync.get, note_id)
+    async def get(self, tenant: TenantKey, note_id: int) -> Note:
+        return await self._run(self.sync.get, tenant, note_id)
 
-    async def list(self, limit: int = 20) -> list[Note]:
-        return await self._run(self.sync.list, limit)
+    async def list(self, tenant: TenantKey, limit: int = 20) -> list[Note]:
+        return await self._run(self.sync.list, tenant, limit)
 
-    async def search(self, query: str, limit: int = 20) -> list[Note]:
-        return await self._run(self.sync.search, query, limit)
+    async def search(self, tenant: TenantKey, query: str, limit: int = 20) -> list[Note]:
+        return await self._run(self.sync.search, tenant, query, limit)
 
-    async def create(self, title: str, body: str, client_id: str) -> Note:
-        return await self._run(self.sync.create, title, body, client_id)
+    async def create(self, tenant: TenantKey, title: str, body: str, client_id: str) -> Note:
+        return await self._run(self.sync.create, tenant, title, body, client_id)
 
-    async def update(self, note_id: int, title: str, body: str, client_id: str) -> Note:
-        return await self._run(self.sync.update, note_id, title, body, client_id)
+    async def update(self, tenant: TenantKey, note_id: int, title: str, body: str, client_id: str) -> Note:
+        return await self._run(self.sync.update, tenant, note_id, title, body, client_id)
 
-    async def delete(self, note_id: int, client_id: str) -> Note | None:
-        return await self._run(self.sync.delete, note_id, client_id)
+    async def delete(self, tenant: TenantKey, note_id: int, client_id: str) -> Note | None:
+        return await self._run(self.sync.delete, tenant, note_id, client_id)
 
     async def _run(self, call: Callable[..., T], *args: object) -> T:
         try:
@@ -265,37 +317,39 @@ class SQLiteNotes:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, note_id: int) -> Note:
-        """Return note ``note_id``.
+    def get(self, tenant: TenantKey, note_id: int) -> Note:
+        """Return note ``note_id`` of ``tenant``.
 
         Raises:
-            NoteError: the id is not an integer, or no live note has it.
+            NoteError: the id is not an integer, or ``tenant`` has no live note with it.
         """
+        mine = _check_tenant(tenant)
         note_id = _check_id(note_id)
         with self._connect() as conn:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM notes WHERE id = ? AND deleted_at IS NULL", (note_id,)  # noqa: S608
+                f"SELECT {_COLUMNS} FROM notes WHERE id = :id AND {_MINE}", {**mine, "id": note_id}  # noqa: S608
             ).fetchone()
         if row is None:
             raise NoteError(f"note {note_id} does not exist")
         return Note(*row)
 
-    def list(self, limit: int = 20) -> list[Note]:
-        """Return up to ``limit`` notes, newest first.
+    def list(self, tenant: TenantKey, limit: int = 20) -> list[Note]:
+        """Return up to ``limit`` notes of ``tenant``, newest first.
 
         Raises:
             NoteError: ``limit`` is outside 1..`LIMIT_MAX`.
         """
+        mine = _check_tenant(tenant)
         limit = _check_limit(limit)
         with self._connect() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM notes WHERE deleted_at IS NULL ORDER BY id DESC LIMIT ?",  # noqa: S608
-                (limit,),
+                f"SELECT {_COLUMNS} FROM notes WHERE {_MINE} ORDER BY id DESC LIMIT :limit",  # noqa: S608
+                {**mine, "limit": limit},
             ).fetchall()
         return [Note(*row) for row in rows]
 
-    def search(self, query: str, limit: int = 20) -> list[Note]:
-        """Return up to ``limit`` notes whose title or body contains ``query``, newest first.
+    def search(self, tenant: TenantKey, query: str, limit: int = 20) -> list[Note]:
+        """Return up to ``limit`` notes of ``tenant`` whose title or body contains ``query``, newest first.
 
         Matching is a case-insensitive substring test (Unicode case folding, so "STRASSE"
         finds "Straße"); ``%``, ``_`` and ``\\`` in the query match themselves.
@@ -303,74 +357,78 @@ class SQLiteNotes:
         Raises:
             NoteError: the query is blank or longer than `QUERY_MAX`, or ``limit`` is out of range.
         """
+        mine = _check_tenant(tenant)
         query = _check_text("query", query, QUERY_MAX, strip=True, allow_empty=False)
         limit = _check_limit(limit)
         # SQLite's LIKE and lower() fold ASCII only, so both sides go through str.casefold.
         pattern = "%" + _escape_like(query.casefold()) + "%"
         with self._connect() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM notes WHERE deleted_at IS NULL"  # noqa: S608
+                f"SELECT {_COLUMNS} FROM notes WHERE {_MINE}"  # noqa: S608
                 " AND (casefold(title) LIKE :p ESCAPE '\\' OR casefold(body) LIKE :p ESCAPE '\\')"
                 " ORDER BY id DESC LIMIT :limit",
-                {"p": pattern, "limit": limit},
+                {**mine, "p": pattern, "limit": limit},
             ).fetchall()
         return [Note(*row) for row in rows]
 
     # -- writes --------------------------------------------------------------------------
 
-    def create(self, title: str, body: str, client_id: str) -> Note:
-        """Store a new note made by ``client_id`` and return it.
+    def create(self, tenant: TenantKey, title: str, body: str, client_id: str) -> Note:
+        """Store a new note of ``tenant`` made by ``client_id`` and return it.
 
         Raises:
             NoteError: the title is blank or too long, the body too long, or the client id empty.
         """
+        mine = _check_tenant(tenant)
         title, body, client_id = _check_note(title, body, client_id)
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
-                "INSERT INTO notes (title, body, created_by, updated_by, created_at, updated_at)"  # noqa: S608 - constant column list; values are bound
-                f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
-                (title, body, client_id, client_id, now, now),
+                "INSERT INTO notes (tenant_issuer, tenant_id, title, body, created_by, updated_by,"  # noqa: S608 - constant column list; values are bound
+                f" created_at, updated_at) VALUES (:ti, :tt, :title, :body, :by, :by, :now, :now) RETURNING {_COLUMNS}",
+                {**mine, "title": title, "body": body, "by": client_id, "now": now},
             ).fetchone()
         return Note(*row)
 
-    def update(self, note_id: int, title: str, body: str, client_id: str) -> Note:
-        """Replace the title and body of note ``note_id``, recording ``client_id``; return the new note.
+    def update(self, tenant: TenantKey, note_id: int, title: str, body: str, client_id: str) -> Note:
+        """Replace the title and body of note ``note_id`` of ``tenant``, recording ``client_id``; return it.
 
         Raises:
-            NoteError: an invalid input (as for `create`), or no live note has the id.
+            NoteError: an invalid input (as for `create`), or ``tenant`` has no live note with the id.
         """
+        mine = _check_tenant(tenant)
         note_id = _check_id(note_id)
         title, body, client_id = _check_note(title, body, client_id)
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE notes SET title = ?, body = ?, updated_by = ?, updated_at = ?"  # noqa: S608 - constant column list; values are bound
-                f" WHERE id = ? AND deleted_at IS NULL RETURNING {_COLUMNS}",
-                (title, body, client_id, now, note_id),
+                "UPDATE notes SET title = :title, body = :body, updated_by = :by, updated_at = :now"  # noqa: S608 - constant column list; values are bound
+                f" WHERE id = :id AND {_MINE} RETURNING {_COLUMNS}",
+                {**mine, "id": note_id, "title": title, "body": body, "by": client_id, "now": now},
             ).fetchone()
         if row is None:
             raise NoteError(f"note {note_id} does not exist")
         return Note(*row)
 
-    def delete(self, note_id: int, client_id: str) -> Note | None:
-        """Delete note ``note_id`` on behalf of ``client_id``.
+    def delete(self, tenant: TenantKey, note_id: int, client_id: str) -> Note | None:
+        """Delete note ``note_id`` of ``tenant`` on behalf of ``client_id``.
 
         Returns:
-            The note as it was before deletion, or None when no live note had the id
-            (deleting twice is not an error, so a retried call is harmless).
+            The note as it was before deletion, or None when ``tenant`` had no live note with
+            the id (deleting twice is not an error, so a retried call is harmless).
 
         Raises:
             NoteError: the id is not an integer or the client id is empty.
         """
+        mine = _check_tenant(tenant)
         note_id = _check_id(note_id)
         client_id = _check_client(client_id)
         now = self._now()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE notes SET deleted_by = ?, deleted_at = ?"  # noqa: S608 - constant column list; values are bound
-                f" WHERE id = ? AND deleted_at IS NULL RETURNING {_COLUMNS}",
-                (client_id, now, note_id),
+                "UPDATE notes SET deleted_by = :by, deleted_at = :now"  # noqa: S608 - constant column list; values are bound
+                f" WHERE id = :id AND {_MINE} RETURNING {_COLUMNS}",
+                {**mine, "id": note_id, "by": client_id, "now": now},
             ).fetchone()
         return None if row is None else Note(*row)
 
@@ -421,12 +479,14 @@ class SQLiteNotes:
     def _init_schema(self) -> None:
         with self._connect() as conn:
             self._enable_wal(conn)
-        with self._write() as conn:  # two processes creating the schema at once: one waits
+        with self._write() as conn:  # two processes creating or migrating the schema at once: one waits
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise RuntimeError(f"{self._path}: schema version {version} is newer than {_SCHEMA_VERSION}")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+            for step in range(version + 1, _SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+                log.info("%s: notes schema migrated to version %d", self._path, step)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
 def _casefold(value: str | None) -> str | None:
@@ -438,6 +498,12 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# NUL: PostgreSQL text cannot hold it (DataError), SQLite would. A surrogate code point (U+D800-U+DFFF)
+# in a Python str is always unpaired (JSON parsers join a pair into one code point) and has no UTF-8
+# form (UnicodeEncodeError in the driver). Both are refused up front, the same way on both back ends.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _check_text(field: str, value: object, maximum: int, *, strip: bool, allow_empty: bool) -> str:
     if not isinstance(value, str):
         raise NoteError(f"{field} must be a string")
@@ -447,7 +513,18 @@ def _check_text(field: str, value: object, maximum: int, *, strip: bool, allow_e
         raise NoteError(f"{field} must not be empty")
     if len(value) > maximum:
         raise NoteError(f"{field} is longer than {maximum} characters")
+    if _UNSTORABLE.search(value):  # after the length check: the scan is bounded by `maximum`
+        raise NoteError(f"{field} must not contain NUL characters or unpaired surrogates")
     return value
+
+
+def _check_tenant(tenant: object) -> dict[str, str]:
+    """The tenant key as bound parameters (``ti``, ``tt``); refuses anything but a storable `TenantKey`."""
+    if not isinstance(tenant, TenantKey) or not isinstance(tenant.issuer, str) or not isinstance(tenant.tenant, str):
+        raise TypeError(f"tenant must be a TenantKey, got {type(tenant).__name__}")
+    if _UNSTORABLE.search(tenant.issuer) or _UNSTORABLE.search(tenant.tenant):
+        raise NoteError("tenant must not contain NUL characters or unpaired surrogates")
+    return {"ti": tenant.issuer, "tt": tenant.tenant}
 
 
 def _check_limit(limit: object) -> int:
@@ -475,4 +552,6 @@ def _check_note(title: object, body: object, client_id: object) -> tuple[str, st
 def _check_client(client_id: object) -> str:
     if not isinstance(client_id, str) or not client_id:
         raise NoteError("client id must not be empty")
+    if _UNSTORABLE.search(client_id):  # from a signed token, but a claim may still hold "\u0000"
+        raise NoteError("client id must not contain NUL characters or unpaired surrogates")
     return client_id

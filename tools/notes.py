@@ -5,6 +5,9 @@ the description the model reads), ``@requires(...)`` under it (marks the functio
 permission, which the server's `auth.mcp.ToolPermissions` reads, and checks it when the tool runs). The tools
 are closures over the store, so two servers in one process (tests) keep separate stores.
 
+Every note tool works on the caller's tenant only (`tenant_of`): in a multi-tenant deployment
+the issuer and tenant of the token, else the one `SINGLE_TENANT`.
+
 The store is async (`NotesStore`; SQLite runs on worker threads, PostgreSQL on a pool). A
 `NoteError` becomes a `ToolError` carrying the store's message, and so does
 `StoreUnavailable` ("the notes store is unavailable; try again shortly"): the SDK reports any
@@ -24,12 +27,12 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
 
-from auth import current_token
+from auth import VerifiedToken, current_token
 from auth.mcp import requires
 
-from ._store import Note, NoteError, NotesStore, StoreUnavailable
+from ._store import SINGLE_TENANT, Note, NoteError, NotesStore, StoreUnavailable, TenantKey
 
-__all__ = ["register_whoami", "register_notes", "NoteView", "NoteList", "Identity", "READ", "WRITE"]
+__all__ = ["register_whoami", "register_notes", "tenant_of", "NoteView", "NoteList", "Identity", "READ", "WRITE"]
 
 READ = "api_read_access"
 """Permission the read tools declare."""
@@ -71,6 +74,23 @@ class Identity(TypedDict):
     expires_at: str
 
 
+def tenant_of(token: VerifiedToken, *, multi_tenant: bool) -> TenantKey:
+    """Whose notes ``token``'s caller reads and writes.
+
+    Args:
+        token: the verified principal.
+        multi_tenant: the deployment trusts several tenants (IAS multi-tenant mode).
+
+    Returns:
+        ``TenantKey(issuer, tenant)`` of the token in a multi-tenant deployment (a token without a
+        tenant claim: the issuer with an empty tenant); `SINGLE_TENANT` otherwise, whatever the
+        token says, so a single-tenant deployment keeps one shared set of notes.
+    """
+    if not multi_tenant:
+        return SINGLE_TENANT
+    return TenantKey(token.issuer, token.tenant or "")
+
+
 def _view(note: Note) -> NoteView:
     return NoteView(**asdict(note))  # type: ignore[typeddict-item]
 
@@ -103,44 +123,50 @@ def register_whoami(mcp: MCPServer) -> None:
         )
 
 
-def register_notes(mcp: MCPServer, store: NotesStore) -> None:
-    """Register the note tools on ``mcp``, all backed by ``store``."""
+def register_notes(mcp: MCPServer, store: NotesStore, *, multi_tenant: bool = False) -> None:
+    """Register the note tools on ``mcp``, all backed by ``store``.
+
+    ``multi_tenant``: keep each (issuer, tenant)'s notes apart (`tenant_of`); off, all callers share one set.
+    """
+
+    def mine() -> TenantKey:
+        return tenant_of(current_token(), multi_tenant=multi_tenant)
 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
     async def list_notes(limit: int = 20) -> NoteList:
         """List the most recent notes, newest first (limit 1 to 100)."""
-        return NoteList(notes=[_view(n) for n in await _run(store.list(limit))])
+        return NoteList(notes=[_view(n) for n in await _run(store.list(mine(), limit))])
 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
     async def search_notes(query: str, limit: int = 20) -> NoteList:
         """Find notes whose title or body contains the query (case-insensitive), newest first."""
-        return NoteList(notes=[_view(n) for n in await _run(store.search(query, limit))])
+        return NoteList(notes=[_view(n) for n in await _run(store.search(mine(), query, limit))])
 
     @mcp.tool(annotations=_READ_ONLY)
     @requires(READ)
     async def get_note(note_id: int) -> NoteView:
         """Fetch one note by its id."""
-        return _view(await _run(store.get(note_id)))
+        return _view(await _run(store.get(mine(), note_id)))
 
     @mcp.tool(annotations=_WRITES)
     @requires(WRITE)
     async def create_note(title: str, body: str = "") -> NoteView:
         """Create a note (title 1 to 200 characters, body up to 10000) and return it with its id."""
-        return _view(await _run(store.create(title, body, current_token().client_id)))
+        return _view(await _run(store.create(mine(), title, body, current_token().client_id)))
 
     @mcp.tool(annotations=_WRITES)
     @requires(WRITE)
     async def update_note(note_id: int, title: str, body: str) -> NoteView:
         """Replace the title and body of an existing note and return the updated note."""
-        return _view(await _run(store.update(note_id, title, body, current_token().client_id)))
+        return _view(await _run(store.update(mine(), note_id, title, body, current_token().client_id)))
 
     @mcp.tool(annotations=_DELETES)
     @requires(WRITE)
     async def delete_note(note_id: int) -> NoteView:
         """Delete a note and return what it held; fails when no such note exists."""
-        note = await _run(store.delete(note_id, current_token().client_id))
+        note = await _run(store.delete(mine(), note_id, current_token().client_id))
         if note is None:
             # The store treats a repeated delete as harmless; the model should still hear the id was wrong.
             raise ToolError(f"note {note_id} does not exist")

@@ -26,7 +26,8 @@ from starlette.types import ASGIApp as StarletteApp
 from .._context import optional_token
 from .._errors import InsufficientScope
 from .._metadata import metadata_routes, resource_metadata_url
-from .._middleware import SCOPE_KEY, BearerAuthMiddleware, send_auth_error
+from .._middleware import SCOPE_KEY, BearerAuthMiddleware, RequireToken, send_auth_error
+from .._request import clip, route_path
 from .._settings import AuthSettings
 from .._token import VerifiedToken
 from .._verifier import JWTVerifier, TokenVerifier
@@ -84,7 +85,7 @@ class ToolPermissionGate:
         settings: the resource URL (for ``resource_metadata``).
         permissions: the server's table (tool -> permissions, aliases, implication rules);
             also made the table the call-time check of `requires` reads during the request.
-        protect: path prefixes of MCP endpoints.
+        protect: path prefixes of MCP endpoints, as the app's router sees them (without ``root_path``).
         max_body: request body cap in bytes (413 beyond it).
         clock: for the audit line's duration.
     """
@@ -113,14 +114,16 @@ class ToolPermissionGate:
         finally:
             _ACTIVE.reset(handle)
 
+    def _protected(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self._protect)
+
     async def _gate(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         token: VerifiedToken | None = scope.get(SCOPE_KEY)
-        path = scope.get("path", "")
         if (
             scope["type"] != "http"
             or scope.get("method") != "POST"
             or token is None
-            or not any(path == p or path.startswith(p + "/") for p in self._protect)
+            or not self._protected(route_path(scope))  # the path the endpoint's router routes on
         ):
             await self.app(scope, receive, send)
             return
@@ -134,12 +137,13 @@ class ToolPermissionGate:
         names = [*_header_names(scope), *tool_names(message)]
         required, missing = self._permissions.missing(names, token.permissions)
         if missing:
-            tool = ",".join(dict.fromkeys(n for n in names if n))  # Mcp-Name repeats the body name
+            # Mcp-Name repeats the body name; names are the caller's, so the line shows a bounded part.
+            tool = clip(",".join(dict.fromkeys(n for n in names if n)))
             audit.info(
                 "tool call denied",
                 extra={
                     "audit": {
-                        "client_id": token.client_id,
+                        "client_id": clip(token.client_id),
                         "tool": tool,
                         "decision": "denied",
                         "missing": sorted(missing),
@@ -311,6 +315,13 @@ def protect(
     `filter_tools_middleware` to ``mcp`` and runs the SDK's session manager in its lifespan. Call it
     after every tool is registered: the permission table is read from the registered tools once.
 
+    The endpoint app itself fails closed: whatever reaches it (any path it serves) without a
+    verified principal gets the 401 challenge. Mounted under a prefix (a Starlette ``Mount`` or
+    uvicorn's ``root_path``), every layer decides on the path the router routes on, so
+    ``path="/mcp"`` guards ``/notes/mcp``; ``settings.resource_url`` is then the public URL
+    (``https://host/notes/mcp``), and the outer app serves `ProtectedApp.metadata_routes` at the
+    host root and runs `ProtectedApp.lifespan` (``docs/mounting.md``).
+
     Args:
         mcp: the server, with its tools registered.
         settings: the auth settings (issuers, resource URL, aliases, implication rules).
@@ -330,7 +341,8 @@ def protect(
     owned = verifier is None
     token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
     scopes = sorted(permissions.all_permissions())
-    gated = ToolPermissionGate(endpoint, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
+    closed = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
+    gated = ToolPermissionGate(closed, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
     guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
 
     @contextlib.asynccontextmanager
@@ -345,28 +357,47 @@ def protect(
                 if owned and isinstance(token_verifier, JWTVerifier):
                     await token_verifier.aclose()
 
+    # The metadata at its RFC 9728 paths (right at the host root) and at the endpoint's own path
+    # form, which a mounted app serves under its prefix (/notes/.well-known/oauth-protected-resource/mcp).
+    documents = metadata_routes(settings, scopes, endpoint_path=path)
     others = Starlette(
-        routes=[*metadata_routes(settings, scopes), *routes, Mount("/", app=cast(StarletteApp, guarded))],
+        routes=[*documents, *routes, Mount("/", app=cast(StarletteApp, guarded))],
         lifespan=app_lifespan,
     )
-    return ProtectedApp(path, guarded, others)
+    return ProtectedApp(path, guarded, others, metadata=metadata_routes(settings, scopes))
 
 
 class ProtectedApp:
     """What `protect` returns: the MCP path goes straight to its guarded stack; every other path,
     and the lifespan, through a Starlette router (``.router``).
 
-    The one path that carries the load needs none of the router's pattern matching.
+    The one path that carries the load needs none of the router's pattern matching. Mounted in
+    an outer app, the outer app serves ``metadata_routes`` (the RFC 9728 document at the host
+    root, where clients look for it) and runs ``lifespan`` (a ``Mount`` does not run it).
+
+    Attributes:
+        path: the MCP endpoint's path, as the router sees it (without a mount prefix).
+        endpoint: the guarded stack of the endpoint.
+        router: the Starlette app serving every other path, and the lifespan.
+        metadata_routes: the metadata document's routes for the host root of an outer app.
     """
 
-    def __init__(self, path: str, endpoint: ASGIApp, router: Starlette) -> None:
+    def __init__(
+        self, path: str, endpoint: ASGIApp, router: Starlette, *, metadata: Sequence[BaseRoute] = ()
+    ) -> None:
         self.path = path
         self.endpoint = endpoint
         self.router = router
+        self.metadata_routes = list(metadata)
         self._route = cast(ASGIApp, router)  # Starlette types send's message as a MutableMapping
 
+    @property
+    def lifespan(self) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
+        """The app's lifespan (the SDK's session manager, the verifier), for an outer app's ``lifespan=``."""
+        return self.router.router.lifespan_context
+
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path:
+        if scope["type"] == "http" and route_path(scope) == self.path:
             await self.endpoint(scope, receive, send)
         else:
             await self._route(scope, receive, send)

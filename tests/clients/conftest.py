@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.server.conftest import ALL_TOOLS, READ_TOOLS, DevServer, dev_server
+from tools import SINGLE_TENANT
 
 __all__ = ["ALL_TOOLS", "READ_TOOLS", "REFUSAL", "leaf_errors", "titles_in_store", "unique"]
 
@@ -34,7 +35,7 @@ def leaf_errors(exc: BaseException) -> list[BaseException]:
 
 
 def titles_in_store(srv: DevServer, marker: str) -> list[str]:
-    return [n.title for n in srv.app.store.sync.search(marker, limit=100)]
+    return [n.title for n in srv.app.store.sync.search(SINGLE_TENANT, marker, limit=100)]
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ import pytest
 
 from tests._live import running_server
 from tests._node import McpRpcError, NodeTools, StdioMcp, ensure_node_tools, inspector_cli, inspector_error
+from tools import SINGLE_TENANT
 
 from .conftest import ALL_TOOLS, READ_TOOLS, DevServer, build_dev_app, challenge_params
 
@@ -175,7 +176,7 @@ def mcp_remote(tools: NodeTools, served: Served, state: Path, client_id: str) ->
 
 
 def titles_in_store(served: Served, marker: str) -> list[str]:
-    return [n.title for n in served.srv.app.store.sync.search(marker, limit=100)]
+    return [n.title for n in served.srv.app.store.sync.search(SINGLE_TENANT, marker, limit=100)]
 
 
 def bearer(token: str) -> list[str]:
@@ -283,7 +284,8 @@ def test_mcp_remote_read_only_client_sees_read_tools_and_cannot_write(
 
 
 def test_inspector_cli_with_bearer_token(served: Served, tmp_path: Path) -> None:
-    seeded = served.srv.app.store.sync.create(unique("seeded"), "read me through the Inspector", "seed-client")
+    seeded = served.srv.app.store.sync.create(SINGLE_TENANT, unique("seeded"), "read me through the Inspector",
+                                              "seed-client")
     full = served.srv.token("dev-full")
 
     listed = inspector(served, tmp_path, *bearer(full), "--method", "tools/list")

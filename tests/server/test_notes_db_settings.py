@@ -1,4 +1,5 @@
-"""Choosing the notes database: MCP_NOTES_DB (path or URL), a postgresql-db binding, MCP_NOTES_DB_TIMEOUT.
+"""Choosing the notes database: MCP_NOTES_DB (path or URL), a postgresql-db binding, MCP_NOTES_DB_TIMEOUT,
+and how it is reached: verified TLS unless MCP_NOTES_DB_ALLOW_PLAINTEXT allows a loopback database without.
 
 Every refusal names the setting, and no message or repr carries the password.
 """
@@ -11,12 +12,20 @@ from pathlib import Path
 import pytest
 
 from auth import ConfigError
-from server._settings import _db_timeout, notes_db_setting, parse_postgres_url
+from server._settings import _db_timeout, load_server_settings, notes_db_setting, parse_postgres_url
 from tools import PostgresConfig
 
 SECRET = "s3cr:t/@pw"  # reserved URL characters, percent-encoded in URLs
 SECRET_Q = "s3cr%3At%2F%40pw"
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture
+def system_ca(tmp_path: Path) -> dict[str, str]:
+    """An environment whose system CA bundle (``SSL_CERT_FILE``, as OpenSSL reads it) is a file of ours."""
+    bundle = tmp_path / "system-ca.pem"
+    bundle.write_text(CA)
+    return {"SSL_CERT_FILE": str(bundle)}
 
 
 def _vcap(*bindings: dict[str, object], label: str = "postgresql-db") -> dict[str, str]:
@@ -37,7 +46,7 @@ def test_a_path_is_sqlite() -> None:
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "PostgreSQL"])
-def test_a_postgres_url_is_parsed_with_the_password_decoded(scheme: str) -> None:
+def test_a_postgres_url_is_parsed_with_the_password_decoded(scheme: str) -> None:  # sslmode=require: kept
     config = notes_db_setting({"MCP_NOTES_DB": f"{scheme}://app:{SECRET_Q}@db.example:6543/notes?sslmode=require"})
     assert config == PostgresConfig(host="db.example", port=6543, dbname="notes", user="app", password=SECRET,
                                     params=(("sslmode", "require"),))
@@ -73,16 +82,17 @@ def test_config_repr_and_description_leave_out_password_and_key() -> None:
     config = PostgresConfig(host="h", user="app", password=SECRET, ssl_key_pem="-----BEGIN PRIVATE KEY-----x")
     for text in (repr(config), config.describe()):
         assert SECRET not in text and "PRIVATE KEY" not in text
-    assert config.describe() == "postgresql://app@h:5432/postgres (sslmode=prefer)"
+    assert config.describe() == "postgresql://app@h:5432/postgres (sslmode=verify-full)"
 
 
 # -- the Cloud Foundry binding -----------------------------------------------------------------------
 
 
-def test_binding_fields_are_used_when_mcp_notes_db_is_unset() -> None:
-    config = notes_db_setting(_vcap({"name": "notes-db", "credentials": _creds(uri="postgres://ignored")}))
+def test_binding_fields_are_used_when_mcp_notes_db_is_unset(system_ca: dict[str, str]) -> None:
+    config = notes_db_setting({**system_ca, **_vcap({"name": "notes-db", "credentials": _creds(uri="postgres://x")})})
     assert config == PostgresConfig(host="pg.example.internal", port=6543, dbname="notes", user="app",
-                                    password=SECRET, source="VCAP_SERVICES")
+                                    password=SECRET, source="VCAP_SERVICES",
+                                    params=(("sslmode", "verify-full"), ("sslrootcert", system_ca["SSL_CERT_FILE"])))
 
 
 def test_mcp_notes_db_wins_over_the_binding() -> None:
@@ -158,3 +168,99 @@ def test_timeout_defaults_to_three_seconds_and_accepts_fractions() -> None:
 def test_timeout_out_of_range_is_refused(raw: str) -> None:
     with pytest.raises(ConfigError, match="MCP_NOTES_DB_TIMEOUT: must be a number of seconds from 0.5 to 60"):
         _db_timeout({"MCP_NOTES_DB_TIMEOUT": raw})
+
+
+# -- TLS to the database (issue 15 item 9) ----------------------------------------------------------------
+
+
+def _url(query: str = "", host: str = "db.example") -> str:
+    return f"postgresql://app:{SECRET_Q}@{host}:5432/notes" + (f"?{query}" if query else "")
+
+
+def test_without_sslmode_the_server_is_verified_by_name_against_the_system_ca_bundle(
+    system_ca: dict[str, str],
+) -> None:
+    for env in ({"MCP_NOTES_DB": _url()}, _vcap({"credentials": _creds()}), _vcap({"credentials": {"uri": _url()}})):
+        config = notes_db_setting({**system_ca, **env})
+        assert isinstance(config, PostgresConfig)
+        assert dict(config.params) == {"sslmode": "verify-full", "sslrootcert": system_ca["SSL_CERT_FILE"]}
+        assert config.describe().endswith("(sslmode=verify-full)")
+
+
+def test_a_ca_of_the_url_or_the_binding_is_used_instead_of_the_system_bundle(system_ca: dict[str, str]) -> None:
+    from_url = notes_db_setting({**system_ca, "MCP_NOTES_DB": _url("sslmode=verify-ca&sslrootcert=/etc/db-ca.pem")})
+    assert isinstance(from_url, PostgresConfig)
+    assert dict(from_url.params) == {"sslmode": "verify-ca", "sslrootcert": "/etc/db-ca.pem"}
+    from_binding = notes_db_setting({**system_ca, **_vcap({"credentials": _creds(sslrootcert=CA)})})
+    assert isinstance(from_binding, PostgresConfig)
+    assert dict(from_binding.params) == {"sslmode": "verify-full"} and from_binding.ssl_root_cert_pem == CA
+
+
+def test_sslmode_require_is_respected(system_ca: dict[str, str]) -> None:
+    config = notes_db_setting({**system_ca, "MCP_NOTES_DB": _url("sslmode=require")})
+    assert isinstance(config, PostgresConfig) and dict(config.params) == {"sslmode": "require"}
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer"])
+def test_a_mode_that_may_fall_back_to_plaintext_is_refused_naming_the_setting(
+    system_ca: dict[str, str], mode: str
+) -> None:
+    for env, setting in (({"MCP_NOTES_DB": _url(f"sslmode={mode}")}, "MCP_NOTES_DB"),
+                         ({"MCP_NOTES_DB": _url(f"sslmode={mode}", host="127.0.0.1")}, "MCP_NOTES_DB"),
+                         (_vcap({"credentials": {"uri": _url(f"sslmode={mode}")}}), "VCAP_SERVICES")):
+        with pytest.raises(ConfigError) as caught:
+            notes_db_setting({**system_ca, **env})
+        assert caught.value.setting == setting
+        assert f"sslmode={mode} may connect without TLS" in str(caught.value)
+        assert "MCP_NOTES_DB_ALLOW_PLAINTEXT=true" in str(caught.value) and "s3cr" not in str(caught.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+@pytest.mark.parametrize("mode", ["disable", "prefer"])
+def test_plaintext_is_allowed_for_a_loopback_database_when_the_setting_says_so(host: str, mode: str) -> None:
+    config = notes_db_setting({"MCP_NOTES_DB": _url(f"sslmode={mode}", host=host),
+                               "MCP_NOTES_DB_ALLOW_PLAINTEXT": "true"})
+    assert isinstance(config, PostgresConfig) and dict(config.params) == {"sslmode": mode}
+
+
+def test_allowing_plaintext_does_not_change_the_default(system_ca: dict[str, str]) -> None:
+    config = notes_db_setting({**system_ca, "MCP_NOTES_DB": _url(host="127.0.0.1"),
+                               "MCP_NOTES_DB_ALLOW_PLAINTEXT": "true"})
+    assert isinstance(config, PostgresConfig) and dict(config.params)["sslmode"] == "verify-full"
+
+
+@pytest.mark.parametrize("env", [
+    {"MCP_NOTES_DB": _url("sslmode=disable", host="db.example")},
+    {"MCP_NOTES_DB": _url("sslmode=verify-full", host="10.0.0.5")},  # even when TLS is asked for
+    _vcap({"credentials": _creds(hostname="127.0.0.1.nip.io", sslrootcert=CA)}),
+])
+def test_the_plaintext_setting_is_refused_for_a_database_off_loopback(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        notes_db_setting({**env, "MCP_NOTES_DB_ALLOW_PLAINTEXT": "true"})
+    assert caught.value.setting == "MCP_NOTES_DB_ALLOW_PLAINTEXT"
+    assert "accepted only for a database on loopback" in str(caught.value) and "s3cr" not in str(caught.value)
+
+
+def test_the_plaintext_setting_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match="MCP_NOTES_DB_ALLOW_PLAINTEXT: must be true or false"):
+        notes_db_setting({"MCP_NOTES_DB": _url(host="127.0.0.1"), "MCP_NOTES_DB_ALLOW_PLAINTEXT": "sometimes"})
+
+
+def test_without_a_system_ca_bundle_verification_has_nothing_to_trust_and_the_start_stops(tmp_path: Path) -> None:
+    missing = {"SSL_CERT_FILE": str(tmp_path / "no-such-bundle.pem")}
+    cases = (({"MCP_NOTES_DB": _url()}, "MCP_NOTES_DB"), (_vcap({"credentials": _creds()}), "VCAP_SERVICES"))
+    for env, setting in cases:
+        with pytest.raises(ConfigError) as caught:
+            notes_db_setting({**missing, **env})
+        assert caught.value.setting == setting
+        assert "no system CA bundle was found" in str(caught.value) and "SSL_CERT_FILE" in str(caught.value)
+    # A CA of its own, or a mode that verifies nothing, needs no bundle.
+    assert notes_db_setting({**missing, "MCP_NOTES_DB": _url("sslmode=require")})
+    assert notes_db_setting({**missing, **_vcap({"credentials": _creds(sslrootcert=CA)})})
+
+
+def test_the_server_settings_carry_the_verified_mode(system_ca: dict[str, str]) -> None:
+    settings = load_server_settings({**system_ca, "MCP_NOTES_DB": _url(), "MCP_AUTH_ISSUER": "https://ias.example",
+                                     "MCP_AUTH_AUDIENCE": "c", "MCP_RESOURCE_URL": "https://notes.example/mcp"})
+    assert isinstance(settings.notes_db, PostgresConfig)
+    assert dict(settings.notes_db.params)["sslmode"] == "verify-full"

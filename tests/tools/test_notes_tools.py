@@ -21,22 +21,23 @@ from auth._context import bind_token, reset_token
 from auth._errors import InsufficientScope, MissingToken
 from auth._token import VerifiedToken
 from auth.mcp._tools import ToolPermissions
-from tools import PostgresConfig, PostgresStore, SQLiteStore
+from tools import SINGLE_TENANT, PostgresConfig, PostgresStore, SQLiteStore, TenantKey, tenant_of
 
 READ_TOOLS = {"list_notes", "search_notes", "get_note"}
 WRITE_TOOLS = {"create_note", "update_note", "delete_note"}
 EXPIRES_AT = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
-def make_token(client_id: str = "writer-app", *permissions: str) -> VerifiedToken:
+def make_token(client_id: str = "writer-app", *permissions: str, issuer: str = "https://tenant.accounts.ondemand.com",
+               tenant: str | None = "tenant-1") -> VerifiedToken:
     return VerifiedToken(
         subject=f"sub-{client_id}",
         client_id=client_id,
-        issuer="https://tenant.accounts.ondemand.com",
+        issuer=issuer,
         audience=("https://notes.example",),
         permissions=frozenset(permissions or ("api_read_access", "api_write_access")),
         expires_at=EXPIRES_AT,
-        tenant="tenant-1",
+        tenant=tenant,
     )
 
 
@@ -136,7 +137,7 @@ async def test_write_without_write_permission_is_refused_and_stores_nothing(
     assert result.is_error
     # The SDK hides the text of non-ToolError exceptions; the HTTP gate gives the 403 challenge.
     assert "sneaky" not in str(result.content)
-    assert store.sync.list(100) == []
+    assert store.sync.list(SINGLE_TENANT, 100) == []
 
 
 async def test_refused_write_raises_insufficient_scope_naming_the_missing_permission(server: MCPServer) -> None:
@@ -149,7 +150,7 @@ async def test_refused_write_raises_insufficient_scope_naming_the_missing_permis
 
 
 async def test_read_without_read_permission_is_refused(server: MCPServer, store: SQLiteStore) -> None:
-    store.sync.create("secret", "", "someone")
+    store.sync.create(SINGLE_TENANT, "secret", "", "someone")
     with acting_as(make_token("writer-only", "api_write_access")):
         async with Client(server) as client:
             result = await client.call_tool("list_notes", {})
@@ -167,11 +168,11 @@ async def test_created_note_records_the_client_id_of_the_token(server: MCPServer
     assert not result.is_error and result.structured_content is not None
     note_id = result.structured_content["id"]
     assert result.structured_content["created_by"] == "writer-app"
-    assert store.sync.get(note_id).created_by == "writer-app"
+    assert store.sync.get(SINGLE_TENANT, note_id).created_by == "writer-app"
 
 
 async def test_update_and_delete_record_the_acting_client(server: MCPServer, store: SQLiteStore) -> None:
-    note = store.sync.create("draft", "", "writer-app")
+    note = store.sync.create(SINGLE_TENANT, "draft", "", "writer-app")
     with acting_as(make_token("editor-app")):
         async with Client(server) as client:
             updated = await client.call_tool("update_note", {"note_id": note.id, "title": "final", "body": "done"})
@@ -182,13 +183,13 @@ async def test_update_and_delete_record_the_acting_client(server: MCPServer, sto
         "editor-app",
     )
     assert deleted.structured_content is not None and deleted.structured_content["title"] == "final"
-    assert store.sync.list(100) == []
+    assert store.sync.list(SINGLE_TENANT, 100) == []
 
 
 async def test_read_tools_return_notes_newest_first(server: MCPServer, store: SQLiteStore) -> None:
-    first = store.sync.create("apple pie", "", "app")
-    second = store.sync.create("apple cake", "", "app")
-    store.sync.create("banana", "", "app")
+    first = store.sync.create(SINGLE_TENANT, "apple pie", "", "app")
+    second = store.sync.create(SINGLE_TENANT, "apple cake", "", "app")
+    store.sync.create(SINGLE_TENANT, "banana", "", "app")
     with acting_as(make_token("reader-app", "api_read_access")):
         async with Client(server) as client:
             searched = await client.call_tool("search_notes", {"query": "APPLE"})
@@ -258,3 +259,37 @@ async def test_an_unreachable_store_is_a_tool_error_saying_so_within_the_timeout
     assert "the notes store is unavailable; try again shortly" in result.content[0].text  # type: ignore[union-attr]
     assert "pw-secret" not in str(result.content)
     assert elapsed < 15  # bounded by the 1 s store timeout (generous margin for a loaded machine)
+
+
+# -- tenants -------------------------------------------------------------------------------
+
+
+def test_tenant_of_is_the_issuer_and_tenant_only_in_multi_tenant_mode() -> None:
+    token = make_token(issuer="https://a.accounts.example", tenant="tid-1")
+    assert tenant_of(token, multi_tenant=True) == TenantKey("https://a.accounts.example", "tid-1")
+    assert tenant_of(make_token(issuer="https://a.accounts.example", tenant=None), multi_tenant=True) == TenantKey(
+        "https://a.accounts.example", "")
+    assert tenant_of(token, multi_tenant=False) == SINGLE_TENANT == TenantKey("", "")
+
+
+async def test_registered_multi_tenant_the_tools_work_on_the_callers_tenant(store: SQLiteStore) -> None:
+    mcp = MCPServer("notes-multi")
+    tools.register(mcp, store, multi_tenant=True)
+    alpha = make_token("a", issuer="https://alpha.example", tenant="t")
+    beta = make_token("b", issuer="https://beta.example", tenant="t")
+    legacy = store.sync.create(SINGLE_TENANT, "from before", "", "old")
+    with acting_as(alpha):
+        async with Client(mcp) as client:
+            created = await client.call_tool("create_note", {"title": "alpha's"})
+            listed = await client.call_tool("list_notes", {})
+            foreign = await client.call_tool("get_note", {"note_id": legacy.id})
+    assert created.structured_content is not None and listed.structured_content is not None
+    assert [n["title"] for n in listed.structured_content["notes"]] == ["alpha's"]
+    assert foreign.is_error and f"note {legacy.id} does not exist" in foreign.content[0].text  # type: ignore[union-attr]
+    assert [n.title for n in store.sync.list(TenantKey("https://alpha.example", "t"), 10)] == ["alpha's"]
+    with acting_as(beta):
+        async with Client(mcp) as client:
+            gone = await client.call_tool("delete_note", {"note_id": created.structured_content["id"]})
+    assert gone.is_error
+    assert store.sync.list(TenantKey("https://beta.example", "t"), 10) == []
+    assert [n.title for n in store.sync.list(SINGLE_TENANT, 10)] == ["from before"]

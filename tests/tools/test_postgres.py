@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from auth import ConfigError
 from server._settings import load_server_settings, notes_db_setting, parse_postgres_url
 from tests._postgres import APP_ROLE, CERT_ROLE, PostgresServer
-from tools import PostgresConfig, PostgresStore, StoreUnavailable
+from tools import SINGLE_TENANT, PostgresConfig, PostgresStore, StoreUnavailable
 from tools._postgres import SCHEMA_VERSION
+
+ALL_VERSIONS = [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each recorded once, in order
 
 
 def _config(pg: PostgresServer, dbname: str) -> PostgresConfig:
@@ -47,10 +50,10 @@ async def test_schema_version_is_recorded_once_and_reopening_is_idempotent(postg
     for _ in range(2):
         store = PostgresStore(_config(postgres, dbname))
         await store.open()
-        await store.create("t", "", "app")
+        await store.create(SINGLE_TENANT, "t", "", "app")
         await store.aclose()
     with postgres.admin(dbname) as conn:
-        assert conn.execute("SELECT version FROM notes_schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT version FROM notes_schema_version ORDER BY version").fetchall() == ALL_VERSIONS
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (2,)
 
 
@@ -59,12 +62,12 @@ async def test_instances_starting_at_once_migrate_once_without_errors(postgres: 
     stores = [PostgresStore(_config(postgres, dbname), timeout=10) for _ in range(6)]
     await asyncio.gather(*(s.open() for s in stores))  # six instances race for the empty database
     try:
-        notes = await asyncio.gather(*(s.create(f"from {i}", "", f"i{i}") for i, s in enumerate(stores)))
+        notes = await asyncio.gather(*(s.create(SINGLE_TENANT, f"from {i}", "", f"i{i}") for i, s in enumerate(stores)))
     finally:
         await asyncio.gather(*(s.aclose() for s in stores))
     assert len({n.id for n in notes}) == 6
     with postgres.admin(dbname) as conn:
-        assert conn.execute("SELECT version FROM notes_schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT version FROM notes_schema_version ORDER BY version").fetchall() == ALL_VERSIONS
 
 
 async def test_a_database_with_a_newer_schema_is_refused(postgres: PostgresServer) -> None:
@@ -89,10 +92,12 @@ async def test_calls_fail_fast_while_the_database_is_down_and_recover_without_re
     store = PostgresStore(_config(postgres, postgres.new_database()), timeout=1.0)
     await store.open()
     try:
-        before = await store.create("before", "", "app")
+        before = await store.create(SINGLE_TENANT, "before", "", "app")
         postgres.stop()
         try:
-            for call in (store.list(10), store.create("during", "", "app"), store.get(before.id)):
+            calls = (store.list(SINGLE_TENANT, 10), store.create(SINGLE_TENANT, "during", "", "app"),
+                     store.get(SINGLE_TENANT, before.id))
+            for call in calls:
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable, match="the notes store is unavailable"):
                     await call
@@ -104,8 +109,8 @@ async def test_calls_fail_fast_while_the_database_is_down_and_recover_without_re
         while not await store.ping():
             assert time.monotonic() < deadline, "no recovery within 30 s"
             await asyncio.sleep(0.2)
-        after = await store.create("after", "", "app")
-        assert [n.title for n in await store.list(10)] == ["after", "before"]
+        after = await store.create(SINGLE_TENANT, "after", "", "app")
+        assert [n.title for n in await store.list(SINGLE_TENANT, 10)] == ["after", "before"]
         assert after.id > before.id
     finally:
         await store.aclose()
@@ -126,12 +131,12 @@ async def test_a_store_opened_while_the_database_is_down_sets_up_the_schema_when
         deadline = time.monotonic() + 30
         while True:
             try:
-                note = await store.create("first", "", "app")
+                note = await store.create(SINGLE_TENANT, "first", "", "app")
                 break
             except StoreUnavailable:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.2)
-        assert await store.get(note.id) == note
+        assert await store.get(SINGLE_TENANT, note.id) == note
     finally:
         await store.aclose()
 
@@ -140,19 +145,19 @@ async def test_a_slow_statement_is_cut_off_by_the_timeout(postgres: PostgresServ
     dbname = postgres.new_database()
     store = PostgresStore(_config(postgres, dbname), timeout=1.0)
     await store.open()
-    note = await store.create("locked", "", "app")
+    note = await store.create(SINGLE_TENANT, "locked", "", "app")
     blocker = postgres.admin(dbname)
     try:
         blocker.autocommit = False
         blocker.execute("SELECT * FROM notes WHERE id = %s FOR UPDATE", (note.id,))  # holds the row lock
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
-            await store.update(note.id, "waits", "", "app")
+            await store.update(SINGLE_TENANT, note.id, "waits", "", "app")
         assert time.monotonic() - started < 10
     finally:
         blocker.rollback()
         blocker.close()
-    assert (await store.update(note.id, "free again", "", "app")).title == "free again"
+    assert (await store.update(SINGLE_TENANT, note.id, "free again", "", "app")).title == "free again"
     await store.aclose()
 
 
@@ -170,7 +175,7 @@ async def test_binding_with_sslrootcert_connects_with_tls_verifying_the_server(p
         assert tmpdir is not None
         ca_file = tmpdir / "sslrootcert.pem"
         assert stat.S_IMODE(ca_file.stat().st_mode) == 0o600 and stat.S_IMODE(tmpdir.stat().st_mode) == 0o700
-        await store.create("over tls", "", "app")
+        await store.create(SINGLE_TENANT, "over tls", "", "app")
         assert _ssl_of_our_connections(postgres, dbname) == {(True, None)}
     finally:
         await store.aclose()
@@ -184,7 +189,7 @@ async def test_binding_with_a_foreign_ca_does_not_connect(postgres: PostgresServ
     await store.open()
     try:
         with pytest.raises(StoreUnavailable):
-            await store.list(10)
+            await store.list(SINGLE_TENANT, 10)
     finally:
         await store.aclose()
 
@@ -198,7 +203,7 @@ async def test_binding_with_sslcert_and_sslkey_authenticates_with_the_client_cer
     store = PostgresStore(notes_db_setting(with_cert))
     await store.open()
     try:
-        await store.create("with a client certificate", "", "app")
+        await store.create(SINGLE_TENANT, "with a client certificate", "", "app")
         assert _ssl_of_our_connections(postgres, dbname) == {(True, f"/CN={CERT_ROLE}")}
     finally:
         await store.aclose()
@@ -240,7 +245,7 @@ async def test_the_password_never_appears_in_logs_errors_or_reprs(
         store = PostgresStore(config, timeout=1.0)
         await store.open()
         try:
-            await store.create("x", "", "app")
+            await store.create(SINGLE_TENANT, "x", "", "app")
         except StoreUnavailable as exc:
             texts += [str(exc), repr(exc), repr(exc.__cause__), repr(exc.__context__)]
         await store.ping()
@@ -252,3 +257,72 @@ async def test_the_password_never_appears_in_logs_errors_or_reprs(
     assert "password authentication failed" in caplog.text  # the failures were really logged
     assert secret not in everything
     assert secret.split("#")[-1] not in everything  # nor its random part, in any quoting
+
+
+# -- TLS without a binding CA (issue 15 item 9) ----------------------------------------------------------
+
+
+def _url_without_tls_params(pg: PostgresServer, dbname: str, **params: str) -> str:
+    base = pg.url(dbname).split("?")[0]
+    return base + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+
+
+async def _connects(config: PostgresConfig, pg: PostgresServer) -> set[tuple[bool, str | None]] | None:
+    """Whether a store on ``config`` reaches the database: None if not, else its connections' TLS state."""
+    store = PostgresStore(config, timeout=2.0)
+    await store.open()
+    try:
+        return _ssl_of_our_connections(pg, config.dbname) if await store.ping() else None
+    finally:
+        await store.aclose()
+
+
+async def test_verify_full_against_the_servers_ca_connects_and_a_wrong_ca_is_refused(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    dbname = postgres.new_database()
+    right = notes_db_setting({"MCP_NOTES_DB": postgres.url(dbname, sslmode="verify-full")})
+    assert isinstance(right, PostgresConfig)
+    assert dict(right.params) == {"sslmode": "verify-full", "sslrootcert": str(postgres.ca_file)}
+    assert await _connects(right, postgres) == {(True, None)}
+    wrong_ca = tmp_path / "other-ca.pem"
+    wrong_ca.write_text(_other_ca_pem())
+    wrong = notes_db_setting({"MCP_NOTES_DB": postgres.url(dbname, sslmode="verify-full", sslrootcert=str(wrong_ca))})
+    assert isinstance(wrong, PostgresConfig) and await _connects(wrong, postgres) is None
+
+
+async def test_without_sslmode_the_system_trust_store_decides(postgres: PostgresServer, tmp_path: Path) -> None:
+    # On 0.2.0 no sslmode meant libpq's "prefer": TLS unverified, and plaintext when TLS failed.
+    dbname = postgres.new_database()
+    url = _url_without_tls_params(postgres, dbname)
+    trusting = notes_db_setting({"MCP_NOTES_DB": url, "SSL_CERT_FILE": str(postgres.ca_file)})
+    assert isinstance(trusting, PostgresConfig) and dict(trusting.params)["sslmode"] == "verify-full"
+    assert await _connects(trusting, postgres) == {(True, None)}  # the bundle holds the server's CA
+    bundle = tmp_path / "system.pem"
+    bundle.write_text(_other_ca_pem())
+    distrusting = notes_db_setting({"MCP_NOTES_DB": url, "SSL_CERT_FILE": str(bundle)})
+    assert isinstance(distrusting, PostgresConfig)
+    assert await _connects(distrusting, postgres) is None  # refused: no unverified fallback, no plaintext
+
+
+async def test_a_config_built_in_code_without_sslmode_verifies_too(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dbname = postgres.new_database()
+    config = PostgresConfig(host="127.0.0.1", port=postgres.port, dbname=dbname, user=APP_ROLE,
+                            password=postgres.app_password)
+    monkeypatch.setenv("SSL_CERT_FILE", str(postgres.ca_file))
+    assert await _connects(config, postgres) == {(True, None)}
+    other = tmp_path / "another-ca.pem"
+    other.write_text(_other_ca_pem())
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    assert await _connects(config, postgres) is None
+
+
+async def test_plaintext_to_a_loopback_database_only_with_the_explicit_setting(postgres: PostgresServer) -> None:
+    dbname = postgres.new_database()
+    url = _url_without_tls_params(postgres, dbname, sslmode="disable")
+    with pytest.raises(ConfigError, match="MCP_NOTES_DB: sslmode=disable may connect without TLS"):
+        notes_db_setting({"MCP_NOTES_DB": url})
+    config = notes_db_setting({"MCP_NOTES_DB": url, "MCP_NOTES_DB_ALLOW_PLAINTEXT": "true"})
+    assert isinstance(config, PostgresConfig) and await _connects(config, postgres) == {(False, None)}
