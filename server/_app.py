@@ -27,11 +27,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from auth import TokenVerifier
+from auth.downstream import Downstreams
 from auth.mcp import ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
 from ._guard import HostOriginGuard
-from ._logging import audit_middleware
+from ._logging import audit_middleware, write_audit
 from ._settings import MCP_PATH, ServerSettings
 from ._telemetry import quiet_telemetry
 from ._transport import MCPEndpoint
@@ -48,10 +49,16 @@ INSTRUCTIONS = (
 )
 
 
-def build_mcp(settings: ServerSettings, store: NotesStore, audit: AuditWrite | None = None) -> MCPServer:
+def build_mcp(
+    settings: ServerSettings,
+    store: NotesStore,
+    audit: AuditWrite | None = None,
+    downstreams: Downstreams | None = None,
+) -> MCPServer:
     """The `MCPServer` with every tool registered (`auth.mcp.protect` adds the per-caller ``tools/list`` filter).
 
-    ``audit`` writes the audit line (`write_audit`, through ``logging``, by default).
+    ``audit`` writes the audit line (`write_audit`, through ``logging``, by default); with
+    ``downstreams``, the example onward call is registered too.
     """
     mcp = MCPServer(
         "btp-notes",
@@ -61,7 +68,7 @@ def build_mcp(settings: ServerSettings, store: NotesStore, audit: AuditWrite | N
     )
     quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
     # Multi-tenant IAS (trusted domains): each (issuer, tenant) of a token sees only its own notes.
-    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers))
+    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers), downstreams=downstreams)
     # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
     # accept it; the server sends no log notifications, so there is nothing to filter.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _accept_log_level)
@@ -79,6 +86,7 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
     customize: Callable[[MCPServer], None] | None = None,
     audit: AuditWrite | None = None,
+    downstreams: Downstreams | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
 
@@ -90,9 +98,13 @@ def create_app(
             (tests and users add their own tools here).
         audit: writes the per-call audit line; `write_audit` (through ``logging``) by default,
             the `AuditWriter` from `configure_logging` when the server owns its stderr.
+        downstreams: the APIs tools call onward; by default those ``settings.downstreams`` names
+            (none: no onward calls), closed on shutdown. Each call writes an audit line too.
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
-    mcp = build_mcp(settings, store, audit)
+    if downstreams is None and settings.downstreams:
+        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit)
+    mcp = build_mcp(settings, store, audit, downstreams)
     if customize is not None:
         customize(mcp)
     # The server owns its permission table, read from the tools as registered (whatever their names).
@@ -131,6 +143,8 @@ def create_app(
             yield
         finally:
             await store.aclose()
+            if downstreams is not None:
+                await downstreams.aclose()
 
     app = protect(
         mcp,
@@ -146,16 +160,24 @@ def create_app(
     )
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address
-    return ServerApp(guard, mcp=mcp, store=store)
+    return ServerApp(guard, mcp=mcp, store=store, downstreams=downstreams)
 
 
 class ServerApp:
     """The ASGI app, with handles on the MCP server and the store it serves (for embedding and tests)."""
 
-    def __init__(self, asgi: Callable[..., Awaitable[None]], *, mcp: MCPServer, store: NotesStore) -> None:
+    def __init__(
+        self,
+        asgi: Callable[..., Awaitable[None]],
+        *,
+        mcp: MCPServer,
+        store: NotesStore,
+        downstreams: Downstreams | None = None,
+    ) -> None:
         self.asgi = asgi
         self.mcp = mcp
         self.store = store
+        self.downstreams = downstreams
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         await self.asgi(scope, receive, send)

@@ -26,9 +26,12 @@ import httpx
 import uvicorn
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
+from auth.downstream import DownstreamSettings
 
 from ._app import create_app
-from ._dev_issuer import DEV_CLIENTS_SETTING, DevClient, DevIssuer, parse_dev_clients, startup_banner
+from ._dev_exchange import ExchangingDevIssuer
+from ._dev_issuer import DEFAULT_CLIENTS, DEV_CLIENTS_SETTING, DevClient, DevIssuer, parse_dev_clients, startup_banner
+from ._dev_onward import DevOnward, dev_onward, onward_applications, onward_clients
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
@@ -48,6 +51,7 @@ def dev_settings(
     issuer: DevIssuer,
     *,
     cert_binding: Literal["off", "if-bound", "required"] = "off",
+    downstreams: DownstreamSettings | None = None,
 ) -> ServerSettings:
     """Settings for dev mode: trust only the embedded issuer, serve at ``base_url``."""
     resource_url = base_url + MCP_PATH
@@ -57,7 +61,7 @@ def dev_settings(
         resource_name="Notes MCP server (dev)",
         cert_binding=cert_binding,
     )
-    return load_server_settings(env, auth=auth, dev=True)
+    return load_server_settings(env, auth=auth, dev=True, downstreams=downstreams)
 
 
 def auth_summary(auth: AuthSettings) -> dict[str, Any]:
@@ -140,6 +144,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     certs: DevCerts | None = None
     extra_clients: dict[str, DevClient] = {}
     verifier: JWTVerifier | None = None
+    onward: DevOnward | None = None
     tls: dict[str, Any] = {}
     try:
         if args.dev:
@@ -163,19 +168,27 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             url_host = f"[{host.strip('[]')}]" if ":" in host else host
             base_url = f"{'https' if certs else 'http'}://{url_host}:{sock.getsockname()[1]}"
             dev_env = {**env, "HOST": host, "PORT": str(sock.getsockname()[1])}
-            extra_clients = parse_dev_clients(env.get(DEV_CLIENTS_SETTING, ""))
+            extra_clients = parse_dev_clients(
+                env.get(DEV_CLIENTS_SETTING, ""), reserved=[*DEFAULT_CLIENTS, *onward_clients()]
+            )
+            apps = onward_applications(base_url)  # onward calls: the example backend, the Destination service
             if certs is None:
-                issuer = DevIssuer(base_url, extra_clients=extra_clients)
-                settings = dev_settings(dev_env, base_url, issuer)
+                issuer = ExchangingDevIssuer(base_url, extra_clients={**onward_clients(), **extra_clients},
+                                             applications=apps)
+                onward = dev_onward(base_url, issuer.issuer, issuer.token_endpoint, env)
+                settings = dev_settings(dev_env, base_url, issuer, downstreams=onward.downstreams)
             else:
                 x509_client = DevClient(None, DEV_X509_APIS, certificate_thumbprint=certs.client_thumbprint)
-                issuer = DevIssuer(base_url, extra_clients={**extra_clients, certs.client_id: x509_client})
+                issuer = ExchangingDevIssuer(
+                    base_url, extra_clients={**onward_clients(), **extra_clients, certs.client_id: x509_client},
+                    applications=apps,
+                )
                 settings = dev_settings(dev_env, base_url, issuer, cert_binding="if-bound")
                 jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
                 verifier = JWTVerifier(settings.auth, client=jwks_client)
                 tls = uvicorn_tls_options(certs.server_cert, certs.server_key, certs.ca)
             audit = configure_logging(settings.log_level)
-            routes = [*issuer.well_known_routes(), issuer.mount()]
+            routes = [*issuer.well_known_routes(), issuer.mount(), *(onward.routes if onward else [])]
             app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit)
         else:
             if env.get(DEV_CLIENTS_SETTING, "").strip():
@@ -202,6 +215,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 "x509_client_id": certs.client_id,
             }
         print(startup_banner(base_url, settings.auth.resource_url, **banner), file=sys.stderr, flush=True)
+        if onward is not None:
+            print(onward.banner, file=sys.stderr, flush=True)
     log.info("listening on %s:%d%s", settings.host, sock.getsockname()[1], " (TLS)" if tls else "")
     config = uvicorn.Config(app, **server_options(tls))
     # The dev verifier's HTTP client is not closed: its connections end with the process.

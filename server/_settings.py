@@ -6,11 +6,12 @@ import ipaddress
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auth import AuthSettings, ConfigError, load_settings
+from auth.downstream import DownstreamSettings, load_downstreams
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
@@ -35,6 +36,7 @@ class ServerSettings:
     tls_cert_file: Path | None = None  # serve HTTPS with this certificate (MCP_TLS_CERT)
     tls_key_file: Path | None = None  # and this key (MCP_TLS_KEY)
     tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
+    downstreams: DownstreamSettings = field(default_factory=DownstreamSettings)  # MCP_DOWNSTREAMS, bindings
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -79,7 +81,11 @@ def _host_header(url: str) -> str:
 
 
 def load_server_settings(
-    env: Mapping[str, str], *, auth: AuthSettings | None = None, dev: bool = False
+    env: Mapping[str, str],
+    *,
+    auth: AuthSettings | None = None,
+    dev: bool = False,
+    downstreams: DownstreamSettings | None = None,
 ) -> ServerSettings:
     """Parse the environment (and ``VCAP_*``) into `ServerSettings`.
 
@@ -87,6 +93,7 @@ def load_server_settings(
         env: ``os.environ`` or a dict.
         auth: pre-built auth settings (dev mode builds them for its embedded issuer).
         dev: dev mode defaults (loopback bind, port 8080).
+        downstreams: pre-built downstream settings (dev mode's examples); by default `load_downstreams`.
 
     Raises:
         ConfigError: a setting is missing or invalid; the message names it.
@@ -132,6 +139,7 @@ def load_server_settings(
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
+        downstreams=downstreams if downstreams is not None else load_downstreams(env),
     )
 
 
