@@ -90,7 +90,7 @@ class DownstreamError(ToolError):
     """
 
     def __init__(self, code: ErrorCode, downstream: str, detail: str, *, status: int | None = None) -> None:
-        super().__init__(f"downstream {downstream!r}: {detail}")
+        super().__init__(f"downstream {downstream!r} [{code}]: {detail}")
         self.code: ErrorCode = code
         self.downstream = downstream
         self.status = status

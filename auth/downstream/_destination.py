@@ -304,6 +304,12 @@ class DestinationService:
     def __repr__(self) -> str:
         return f"DestinationService({self._binding.service_url!r})"
 
+    async def __aenter__(self) -> DestinationService:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close what we created."""
         if self._owns_client and self._client is not None:
