@@ -3,7 +3,8 @@
 The certificate comes from the TLS connection (the ASGI ``tls`` extension, when the server
 terminates mutual TLS itself) or, only when configured to trust it, from the
 ``X-Forwarded-Client-Cert`` header a TLS-terminating proxy adds: SAP BTP's gorouter writes one
-line of base64 DER; Envoy/Istio (Kyma) writes ``Hash=…;Cert="<url-encoded PEM>"`` elements.
+line of base64 DER; Envoy/Istio (Kyma) writes ``Hash=…;Cert="<url-encoded PEM>"`` elements, to
+which the app's own Istio sidecar appends one for its peer (``forwarded_client_cert_gateway``).
 A client on a route without mutual TLS could send that header itself, hence the setting.
 """
 
@@ -20,7 +21,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from ._errors import InvalidToken
+from ._errors import CertificateMismatch
 from ._settings import AuthSettings
 from ._token import VerifiedToken
 
@@ -53,17 +54,17 @@ def _der_from_text(text: str) -> bytes:
     if begin >= 0:
         end = text.find(_END, begin + len(_BEGIN))
         if end < 0:
-            raise InvalidToken("client certificate PEM has no END line")
+            raise CertificateMismatch("client certificate PEM has no END line")
         text = text[begin + len(_BEGIN) : end]
     body = "".join(text.split())
     try:
         der = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidToken("client certificate is not base64") from exc
+        raise CertificateMismatch("client certificate is not base64") from exc
     try:
         x509.load_der_x509_certificate(der)
     except ValueError as exc:
-        raise InvalidToken("client certificate is not an X.509 certificate") from exc
+        raise CertificateMismatch("client certificate is not an X.509 certificate") from exc
     return der
 
 
@@ -89,7 +90,7 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
             parts.append(text[start:at])
             start = at + 1
     if quoted:
-        raise InvalidToken("X-Forwarded-Client-Cert has an unterminated quote")
+        raise CertificateMismatch("X-Forwarded-Client-Cert has an unterminated quote")
     parts.append(text[start:])
     return parts
 
@@ -105,35 +106,62 @@ def _is_envoy(value: str) -> bool:
     return False
 
 
-def parse_forwarded_client_cert(value: str) -> bytes:
+def _client_element(elements: list[str], gateway: str | None) -> str:
+    """The element describing the client: the last one, or with ``gateway`` the one before the mesh hop.
+
+    An Istio sidecar in front of the app appends its own element (``APPEND_FORWARD``, with
+    ``Subject``, ``URI`` and ``DNS`` of its peer, never ``Cert``), so behind Kyma's ingress gateway
+    the header reads ``<gateway's element>,<sidecar's element>``. The sidecar's element is trusted
+    only when its ``URI`` (the peer's SPIFFE identity, verified by mesh mutual TLS) is ``gateway``;
+    anything another workload in the mesh sent stays before it and is never read.
+    """
+    if gateway is None:
+        return elements[-1]
+    if len(elements) < 2:
+        raise CertificateMismatch("X-Forwarded-Client-Cert has no element from the gateway before the sidecar's")
+    uris = []
+    for pair in _split_outside_quotes(elements[-1], ";"):
+        key, _, raw = pair.strip().partition("=")
+        if key.lower() == "uri":
+            uris.append(raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw)
+    if gateway not in uris:
+        raise CertificateMismatch("X-Forwarded-Client-Cert did not come through the configured gateway")
+    return elements[-2]
+
+
+def parse_forwarded_client_cert(value: str, *, gateway: str | None = None) -> bytes:
     """The DER client certificate from an ``X-Forwarded-Client-Cert`` value (pure, linear time).
 
     Envoy form: elements separated by ``,``, pairs by ``;``; the last element's ``Cert``
-    (url-encoded PEM) is the certificate the nearest proxy saw. Otherwise the value is the
-    gorouter's base64 DER (PEM armour tolerated).
+    (url-encoded PEM) is the certificate the nearest proxy saw; with ``gateway`` (a SPIFFE ID),
+    the element before the app's Istio sidecar's, when that sidecar names ``gateway`` as its peer
+    (`_client_element`). Otherwise the value is the gorouter's base64 DER (PEM armour tolerated),
+    which ``gateway`` does not accept.
 
     Raises:
         InvalidToken: the header cannot be parsed into one X.509 certificate.
     """
     value = value.strip()
     if not value or len(value) > _MAX_XFCC:
-        raise InvalidToken("X-Forwarded-Client-Cert is empty or too long")
+        raise CertificateMismatch("X-Forwarded-Client-Cert is empty or too long")
     if _is_envoy(value):
         # A few proxies with a handful of pairs each; counting in C keeps the worst case cheap.
         if sum(value.count(c) for c in '",;\\') > _MAX_SPECIALS:
-            raise InvalidToken("X-Forwarded-Client-Cert has too many elements, pairs or quotes")
-        element = _split_outside_quotes(value, ",")[-1]
+            raise CertificateMismatch("X-Forwarded-Client-Cert has too many elements, pairs or quotes")
+        element = _client_element(_split_outside_quotes(value, ","), gateway)
         for pair in _split_outside_quotes(element, ";"):
             key, _, raw = pair.strip().partition("=")
             if key.lower() == "cert":
                 raw = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
                 return _der_from_text(unquote(raw))
-        raise InvalidToken("X-Forwarded-Client-Cert has no Cert in its last element")
+        raise CertificateMismatch("X-Forwarded-Client-Cert has no Cert in the client's element")
+    if gateway is not None:
+        raise CertificateMismatch("X-Forwarded-Client-Cert is not in Envoy's form, as the configured gateway writes it")
     return _der_from_text(value)
 
 
-def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool) -> bytes | None:
-    """The DER certificate the client presented, or None.
+def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool, gateway: str | None = None) -> bytes | None:
+    """The DER certificate the client presented, or None (``gateway``: see `parse_forwarded_client_cert`).
 
     Raises:
         InvalidToken: the forwarded header is trusted but duplicated or unparsable.
@@ -148,8 +176,8 @@ def client_certificate(scope: dict[str, Any], *, trust_forwarded: bool) -> bytes
     if not values:
         return None
     if len(values) > 1:
-        raise InvalidToken("more than one X-Forwarded-Client-Cert header")
-    return parse_forwarded_client_cert(values[0].decode("latin-1"))
+        raise CertificateMismatch("more than one X-Forwarded-Client-Cert header")
+    return parse_forwarded_client_cert(values[0].decode("latin-1"), gateway=gateway)
 
 
 def check_certificate_binding(
@@ -166,13 +194,13 @@ def check_certificate_binding(
     expected = token.certificate_thumbprint
     if expected is None:
         if mode == "required":
-            raise InvalidToken("token is not certificate-bound (cnf.x5t#S256) and bound tokens are required")
+            raise CertificateMismatch("token is not certificate-bound (cnf.x5t#S256) and bound tokens are required")
         return
     if certificate is None:
-        raise InvalidToken("certificate-bound token presented without a client certificate")
+        raise CertificateMismatch("certificate-bound token presented without a client certificate")
     # Bytes on both sides: compare_digest refuses non-ASCII str with a TypeError (a 500, issue 7).
     if not hmac.compare_digest(certificate_thumbprint(certificate).encode(), expected.encode("utf-8", "replace")):
-        raise InvalidToken("client certificate does not match the token's cnf.x5t#S256")
+        raise CertificateMismatch("client certificate does not match the token's cnf.x5t#S256")
 
 
 def certificate_check(settings: AuthSettings) -> Callable[[dict[str, Any], VerifiedToken], None] | None:
@@ -180,10 +208,11 @@ def certificate_check(settings: AuthSettings) -> Callable[[dict[str, Any], Verif
     if settings.cert_binding == "off":
         return None
     mode, trust = settings.cert_binding, settings.trust_forwarded_client_cert
+    gateway = settings.forwarded_client_cert_gateway
 
     def check(scope: dict[str, Any], token: VerifiedToken) -> None:
         if token.certificate_thumbprint is None and mode != "required":
             return  # don't parse headers we will not use
-        check_certificate_binding(token, client_certificate(scope, trust_forwarded=trust), mode=mode)
+        check_certificate_binding(token, client_certificate(scope, trust_forwarded=trust, gateway=gateway), mode=mode)
 
     return check

@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ._errors import InvalidToken
+from ._errors import (
+    CertificateMismatch,
+    MalformedToken,
+    TokenExpired,
+    TokenNotYetValid,
+    UntrustedIssuer,
+    WrongAudience,
+)
 from ._permissions import expand_permissions
 from ._settings import IssuerConfig
 from ._token import VerifiedToken
@@ -48,10 +55,10 @@ def _number(value: Any, name: str) -> float:
     if kind is int:
         if _MIN_TIME < value < _MAX_TIME:
             return value  # type: ignore[no-any-return]
-        raise InvalidToken(f"{name} is out of range")  # JSON integers are unbounded: 10**400
+        raise MalformedToken(f"{name} is out of range")  # JSON integers are unbounded: 10**400
     if kind is float and math.isfinite(value):
         return value  # type: ignore[no-any-return]
-    raise InvalidToken(f"{name} is not a finite number")
+    raise MalformedToken(f"{name} is not a finite number")
 
 
 def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -> tuple[IssuerConfig, str]:
@@ -65,10 +72,10 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
     """
     iss = claims.get("iss")
     if not isinstance(iss, str) or not iss:
-        raise InvalidToken("iss missing or not a string")
+        raise UntrustedIssuer("iss missing or not a string")
     ias_iss = claims.get("ias_iss")
     if ias_iss is not None and (not isinstance(ias_iss, str) or not ias_iss):
-        raise InvalidToken("ias_iss is not a string")
+        raise UntrustedIssuer("ias_iss is not a string")
     for config in issuers:
         effective = ias_iss if (config.profile == "ias" and ias_iss is not None) else iss
         if effective == config.issuer:
@@ -82,7 +89,7 @@ def match_issuer(claims: Mapping[str, Any], issuers: tuple[IssuerConfig, ...]) -
                 and effective[-len(domain) - 1] == "."
             ):
                 return config, effective
-    raise InvalidToken(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
+    raise UntrustedIssuer(f"untrusted issuer {iss!r}" + (f" (ias_iss {ias_iss!r})" if ias_iss is not None else ""))
 
 
 def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float, float | None, float, float]:
@@ -98,24 +105,24 @@ def _times(claims: Mapping[str, Any], now: float, leeway: float) -> tuple[float,
     exp = claims.get("exp")
     if type(exp) is not int or not _MIN_TIME < exp < _MAX_TIME:
         if exp is None:
-            raise InvalidToken("exp missing")  # a token that never expires is a credential forever
+            raise MalformedToken("exp missing")  # a token that never expires is a credential forever
         exp = _number(exp, "exp")
     if now >= exp + leeway:
-        raise InvalidToken("token expired")
+        raise TokenExpired("token expired")
     start = -math.inf
     nbf = claims.get("nbf")
     if nbf is not None:
         if type(nbf) is not int or not _MIN_TIME < nbf < _MAX_TIME:
             nbf = _number(nbf, "nbf")
         if now + leeway < nbf:
-            raise InvalidToken("token not yet valid (nbf)")
+            raise TokenNotYetValid("token not yet valid (nbf)")
         start = nbf
     iat = claims.get("iat")
     if iat is not None:
         if type(iat) is not int or not _MIN_TIME < iat < _MAX_TIME:
             iat = _number(iat, "iat")
         if now + leeway < iat:
-            raise InvalidToken("token issued in the future (iat)")
+            raise TokenNotYetValid("token issued in the future (iat)")
         if iat > start:
             start = iat
     return exp, iat, float(start) - leeway, float(exp) + leeway
@@ -133,10 +140,10 @@ def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
 def _audience_list(value: object) -> tuple[str, ...]:
     """An ``aud`` that is not a single string: a non-empty array of strings (RFC 7519 §4.1.3)."""
     if value is None:
-        raise InvalidToken("aud missing")
+        raise WrongAudience("aud missing")
     audiences = tuple(_string_list(value, "aud"))
     if not audiences:
-        raise InvalidToken("aud missing")
+        raise WrongAudience("aud missing")
     return audiences
 
 
@@ -150,7 +157,7 @@ def _all_strings(values: list[Any]) -> bool:
 
 def _string_list(value: object, name: str) -> list[str]:
     if type(value) is not list or not _all_strings(value):
-        raise InvalidToken(f"{name} must be an array of strings")
+        raise MalformedToken(f"{name} must be an array of strings")
     return value
 
 
@@ -265,10 +272,10 @@ def check_claims_window(
         if candidate in ours:
             break
     else:
-        raise InvalidToken(f"audience {list(audiences)!r} is not ours")
+        raise WrongAudience(f"audience {list(audiences)!r} is not ours")
     subject = get("sub")
     if type(subject) is not str or not subject:
-        raise InvalidToken("sub missing or not a string")
+        raise MalformedToken("sub missing or not a string")
     profile = config.profile
     apis = get("ias_apis")
     if profile == "ias" and type(apis) is list and _all_strings(apis):
@@ -304,13 +311,13 @@ def _confirmation(cnf: object) -> str | None:
     the token is not a plain bearer token: refusing it is the only safe answer.
     """
     if type(cnf) is not dict:
-        raise InvalidToken("cnf is not an object")
+        raise MalformedToken("cnf is not an object")
     if not cnf.keys() <= _CHECKABLE_CNF:
         names = sorted(k for k in cnf if k not in _CHECKABLE_CNF)[:4]
-        raise InvalidToken(f"cnf has confirmation methods we cannot check: {names!r}"[:200])
+        raise CertificateMismatch(f"cnf has confirmation methods we cannot check: {names!r}"[:200])
     if not cnf:
         return None
     x5t = cnf["x5t#S256"]
     if type(x5t) is not str or not _X5T_S256.fullmatch(x5t):
-        raise InvalidToken("cnf.x5t#S256 is not the base64url of a SHA-256 digest")
+        raise MalformedToken("cnf.x5t#S256 is not the base64url of a SHA-256 digest")
     return x5t

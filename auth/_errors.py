@@ -6,7 +6,9 @@ the stable code and a short fixed description; ``reason`` is for the log.
 
     AuthError
      ├── MissingToken        401, no error code (RFC 6750 §3.1)
-     ├── InvalidToken        401 invalid_token
+     ├── InvalidToken        401 invalid_token; its subclasses name the category in a fixed
+     │                       error_description (expired, not yet valid, audience, issuer,
+     │                       signature, malformed, certificate binding), never the token's content
      ├── InsufficientScope   403 insufficient_scope, carries the permissions needed
      └── KeysUnavailable     503 with Retry-After: our outage, not the client's fault
 """
@@ -19,6 +21,13 @@ __all__ = [
     "AuthError",
     "MissingToken",
     "InvalidToken",
+    "TokenExpired",
+    "TokenNotYetValid",
+    "WrongAudience",
+    "UntrustedIssuer",
+    "BadSignature",
+    "MalformedToken",
+    "CertificateMismatch",
     "InsufficientScope",
     "KeysUnavailable",
     "ConfigError",
@@ -52,6 +61,53 @@ class InvalidToken(AuthError):
 
     error = "invalid_token"
     description = "The access token is invalid or expired"
+
+
+# The categories of `InvalidToken`: the client reads a fixed text per category (RFC 6750 §3:
+# printable ASCII without quotes or backslashes), the log the detailed reason. Nothing from the
+# token appears in a description, so it cannot echo attacker-chosen text into a header.
+
+
+class TokenExpired(InvalidToken):
+    """``exp`` has passed (beyond the leeway)."""
+
+    description = "The access token has expired"
+
+
+class TokenNotYetValid(InvalidToken):
+    """``nbf`` or ``iat`` lies in the future (beyond the leeway)."""
+
+    description = "The access token is not yet valid"
+
+
+class WrongAudience(InvalidToken):
+    """``aud`` is missing or names no audience of this resource server."""
+
+    description = "The access token was not issued for this resource (audience)"
+
+
+class UntrustedIssuer(InvalidToken):
+    """``iss`` names no trusted issuer, or the issuer does not serve this token's tenant and consumer."""
+
+    description = "The access token's issuer is not trusted by this server"
+
+
+class BadSignature(InvalidToken):
+    """The signature does not verify, or the issuer has no key the token names."""
+
+    description = "The access token's signature does not verify with its issuer's keys"
+
+
+class MalformedToken(InvalidToken):
+    """Not a JWS this server accepts, a claim of the wrong type, or a malformed Authorization header."""
+
+    description = "The access token is malformed or of a kind this server does not accept"
+
+
+class CertificateMismatch(InvalidToken):
+    """RFC 8705: a bound token without its certificate or with another, or unbound where binding is required."""
+
+    description = "The access token's certificate binding does not match the client certificate"
 
 
 class InsufficientScope(AuthError):

@@ -10,7 +10,9 @@ Rules (style.md §6, SECURITY.md):
 - every fetch (discovery and key set) has one total ``deadline``, however the server drips;
 - with nothing usable and the issuer unreachable, callers get `KeysUnavailable` (503);
 - every key is known by its material (SHA-256 of its SubjectPublicKeyInfo), not only its
-  name, so a key replaced behind the same ``kid`` is a different key.
+  name, so a key replaced behind the same ``kid`` is a different key;
+- a failure says what kind it is (`FetchRefused`, `HostNotFound`, `ConnectionRefused`, other
+  `FetchError`), so a token-named issuer that does not exist costs its caller little (`auth._newcomers`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -27,11 +30,20 @@ from types import MappingProxyType
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ._errors import InvalidToken, KeysUnavailable
+from ._errors import BadSignature, KeysUnavailable, UntrustedIssuer
 from ._jws import SUPPORTED_ALGORITHMS, PublicJWK, parse_jwks
 from ._settings import check_issuer_url
 
-__all__ = ["JWKSCache", "FetchError", "FetchRefused", "fetch_json", "key_thumbprint"]
+__all__ = [
+    "JWKSCache",
+    "FetchError",
+    "FetchRefused",
+    "HostNotFound",
+    "ConnectionRefused",
+    "transport_failure",
+    "fetch_json",
+    "key_thumbprint",
+]
 
 log = logging.getLogger("auth.jwks")
 
@@ -42,6 +54,40 @@ class FetchError(Exception):
 
 class FetchRefused(FetchError):
     """The server answered a definite no (HTTP 4xx): IAS does so for an ``x-app_tid`` it does not know."""
+
+
+class HostNotFound(FetchError):
+    """The host name does not exist (the resolver's definite no, NXDOMAIN; not a temporary failure)."""
+
+
+class ConnectionRefused(FetchError):
+    """The host exists but nothing listens: every connection attempt was refused."""
+
+
+# getaddrinfo's "no such name" answers; EAI_AGAIN (try again) and the rest are other failures.
+_NO_SUCH_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+
+
+def transport_failure(exc: BaseException) -> type[FetchError]:
+    """`HostNotFound`, `ConnectionRefused` or plain `FetchError` for a failed request, by its causes (pure).
+
+    httpx wraps what the resolver or the socket said (``socket.gaierror``, ``ConnectionRefusedError``,
+    several of them in an exception group when every address of a host refused); the chain is walked
+    a bounded number of steps.
+    """
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            break
+        if isinstance(current, socket.gaierror):
+            return HostNotFound if current.errno in _NO_SUCH_NAME else FetchError
+        if isinstance(current, ConnectionRefusedError):
+            return ConnectionRefused
+        if isinstance(current, BaseExceptionGroup):
+            refused = all(isinstance(e, ConnectionRefusedError) for e in current.exceptions)
+            return ConnectionRefused if refused and current.exceptions else FetchError
+        current = current.__cause__ or current.__context__
+    return FetchError
 
 
 def key_thumbprint(key: PublicJWK) -> bytes:
@@ -56,6 +102,8 @@ async def fetch_json(client: httpx.AsyncClient, url: str, headers: Mapping[str, 
 
     Raises:
         FetchRefused: the server answered 4xx.
+        HostNotFound: the host name does not exist.
+        ConnectionRefused: nothing listens at the host.
         FetchError: any other status, a transport error, a body too large or not JSON.
     """
     try:
@@ -70,7 +118,7 @@ async def fetch_json(client: httpx.AsyncClient, url: str, headers: Mapping[str, 
                 if len(body) > max_bytes:
                     raise FetchError(f"GET {url} is larger than {max_bytes} bytes")
     except httpx.HTTPError as exc:
-        raise FetchError(f"GET {url}: {type(exc).__name__}") from exc
+        raise transport_failure(exc)(f"GET {url}: {type(exc).__name__}") from exc
     try:
         return json.loads(bytes(body))
     except (ValueError, RecursionError) as exc:
@@ -155,6 +203,7 @@ class JWKSCache:
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._failed = False
         self.refused = False  # the last attempt got a definite no (4xx)
+        self.last_error: BaseException | None = None  # why the last attempt failed (None: it did not)
         self._lock = asyncio.Lock()
         self.fetches = 0  # attempts made, for metrics and tests
 
@@ -248,9 +297,9 @@ class JWKSCache:
             return entry
         if not self.has_keys:
             if self.refused and self._opened_by_token:
-                raise InvalidToken(f"{self.issuer} refused our key request")
+                raise UntrustedIssuer(f"{self.issuer} refused our key request")
             raise KeysUnavailable(f"no signing keys for {self.issuer}", retry_after=self.retry_after())
-        raise InvalidToken(f"unknown kid {kid!r} for issuer {self.issuer}")
+        raise BadSignature(f"unknown kid {kid!r} for issuer {self.issuer}")
 
     async def replaced(self, kid: str, thumbprint: bytes) -> bool:
         """After a signature failed with key ``kid``: refresh if due, and say whether its material changed.
@@ -264,6 +313,16 @@ class JWKSCache:
                     await self._refresh()
         entry = self.lookup(kid)
         return entry is not None and entry[1] != thumbprint
+
+    async def load(self) -> None:
+        """Fetch the key set unless it is in hand and fresh, or a failed attempt is not due again yet.
+
+        Single flight: callers arriving during a fetch wait for it and do not fetch again.
+        """
+        if self._due(True, self._clock()):
+            async with self._lock:
+                if self._due(True, self._clock()):
+                    await self._refresh()
 
     async def get(self, kid: str) -> PublicJWK:
         """The key named ``kid`` (see `get_with_thumbprint`).
@@ -286,9 +345,12 @@ class JWKSCache:
         except (FetchError, TimeoutError) as exc:
             self._failed = True
             self.refused = isinstance(exc, FetchRefused)
+            self.last_error = exc
             reason = str(exc) or f"no answer within {self._deadline:g}s"
             stale = "serving the keys in hand" if self.has_keys else "no keys in hand"
-            log.warning("JWKS fetch for %s failed (%s); %s", self.issuer, reason, stale)
+            # A label a token named is no outage of ours: one line per label, not a warning.
+            level = logging.INFO if self._opened_by_token and not self.has_keys else logging.WARNING
+            log.log(level, "JWKS fetch for %s failed (%s); %s", self.issuer, reason, stale)
             self.reuse_until = self._compute_reuse_until()
             return
         dropped = sorted(kid for kid, (_, thumb) in self._keys.items() if keys.get(kid, (None, b""))[1] != thumb)
@@ -298,6 +360,7 @@ class JWKSCache:
         self.serve_until = self._attempted_at + self._ttl + self._max_stale
         self._fresh_until = min(self._attempted_at + self._ttl, self.serve_until)
         self._failed = self.refused = False
+        self.last_error = None
         self.reuse_until = self._compute_reuse_until()
         log.info("JWKS for %s: %d keys%s", self.issuer, len(keys), f", retired {dropped}" if dropped else "")
 

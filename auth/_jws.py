@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
-from ._errors import InvalidToken
+from ._errors import BadSignature, MalformedToken
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
@@ -117,14 +117,14 @@ def b64url_decode(segment: bytes, what: str = "segment") -> bytes:
     """
     tail = _TAILS[len(segment) & 3]
     if tail is None:
-        raise InvalidToken(f"{what} is not base64url")
+        raise MalformedToken(f"{what} is not base64url")
     pad, last = tail
     if pad and segment[-1] not in last:
-        raise InvalidToken(f"{what} is not canonical base64url")
+        raise MalformedToken(f"{what} is not canonical base64url")
     try:
         return _a2b(segment.translate(_TO_STANDARD) + pad, strict_mode=True)
     except binascii.Error as exc:
-        raise InvalidToken(f"{what} is not base64url") from exc
+        raise MalformedToken(f"{what} is not base64url") from exc
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -153,11 +153,11 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         if end != len(text) and text[end:].strip(_JSON_SPACE):
             raise ValueError("extra data after the JSON value")
     except StopIteration:
-        raise InvalidToken(f"{what} is not valid JSON") from None
+        raise MalformedToken(f"{what} is not valid JSON") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidToken(f"{what} is not valid JSON: {exc}") from exc
+        raise MalformedToken(f"{what} is not valid JSON: {exc}") from exc
     if type(value) is not dict:
-        raise InvalidToken(f"{what} is not a JSON object")
+        raise MalformedToken(f"{what} is not a JSON object")
     return value
 
 
@@ -167,24 +167,24 @@ _PLAIN_HEADER = frozenset({"alg", "kid", "typ"})
 def _check_header(header: dict[str, Any], algorithms: frozenset[str]) -> tuple[str, str]:
     alg = header.get("alg")
     if type(alg) is not str or alg not in algorithms:
-        raise InvalidToken(f"algorithm {alg!r} is not allowed")
+        raise MalformedToken(f"algorithm {alg!r} is not allowed")
     kid = header.get("kid")
     if type(kid) is not str or not _KID.fullmatch(kid):
-        raise InvalidToken("kid missing or malformed")
+        raise MalformedToken("kid missing or malformed")
     typ = header.get("typ")
     if typ is not None and (type(typ) is not str or typ.lower() not in _ACCEPTED_TYP):
-        raise InvalidToken(f"typ {typ!r} is not accepted")
+        raise MalformedToken(f"typ {typ!r} is not accepted")
     if header.keys() <= _PLAIN_HEADER:
         return alg, kid  # the usual IAS header: nothing else to refuse
     if used := _KEY_HEADERS.intersection(header):
-        raise InvalidToken(f"key-carrying header {sorted(used)} is not accepted")
+        raise MalformedToken(f"key-carrying header {sorted(used)} is not accepted")
     if "crit" in header:  # RFC 7515 §4.1.11: we understand no extensions, so any crit must fail
-        raise InvalidToken("crit header not understood")
+        raise MalformedToken("crit header not understood")
     if "b64" in header or "zip" in header or "enc" in header:
-        raise InvalidToken("b64/zip/enc headers are not accepted")
+        raise MalformedToken("b64/zip/enc headers are not accepted")
     cty = header.get("cty")
     if cty is not None and (type(cty) is not str or cty.lower() in ("jwt", "application/jwt")):
-        raise InvalidToken("nested JWTs are not accepted")
+        raise MalformedToken("nested JWTs are not accepted")
     return alg, kid
 
 
@@ -207,16 +207,16 @@ def parse_jws(
             in canonical base64url, whose header and payload are JSON objects.
     """
     if len(token) > max_bytes:
-        raise InvalidToken(f"token longer than {max_bytes} bytes")
+        raise MalformedToken(f"token longer than {max_bytes} bytes")
     try:
         raw = token.encode("ascii")
     except UnicodeEncodeError:
-        raise InvalidToken("token has non-ASCII characters") from None
+        raise MalformedToken("token has non-ASCII characters") from None
     parts = raw.split(b".")
     if len(parts) != 3:
         if len(parts) == 5:
-            raise InvalidToken("encrypted tokens (JWE) are not accepted")
-        raise InvalidToken(f"token has {len(parts)} segments, a JWS has 3")
+            raise MalformedToken("encrypted tokens (JWE) are not accepted")
+        raise MalformedToken(f"token has {len(parts)} segments, a JWS has 3")
     h64, p64, s64 = parts
     known = header_memo.get(h64) if header_memo is not None else None
     if known is not None and known[0] in algorithms:
@@ -232,7 +232,7 @@ def parse_jws(
     claims = _json_object(b64url_decode(p64, "payload"), "payload")
     signature = b64url_decode(s64, "signature")
     if not signature:
-        raise InvalidToken("empty signature")
+        raise MalformedToken("empty signature")
     frozen: Mapping[str, Any] = MappingProxyType(claims)
     # tuple.__new__ builds the named tuple in C (the generated __new__ is a Python frame).
     return tuple.__new__(ParsedJWS, (alg, kid, header, frozen, raw[: len(h64) + 1 + len(p64)], signature))
@@ -255,7 +255,7 @@ def verify_signature(jws: ParsedJWS, key: PublicJWK) -> None:
     """
     alg = jws.alg
     if alg not in key.usable:
-        raise InvalidToken(f"key {key.kid!r} ({key.kty}) does not fit {alg}")
+        raise BadSignature(f"key {key.kid!r} ({key.kty}) does not fit {alg}")
     try:
         scheme = _RSA_SCHEMES.get(alg)
         if scheme is not None:
@@ -265,14 +265,14 @@ def verify_signature(jws: ParsedJWS, key: PublicJWK) -> None:
         public = cast(ec.EllipticCurvePublicKey, key.key)
         ecdsa, size = _ECDSA[alg]
         if len(jws.signature) != 2 * size:
-            raise InvalidToken("ECDSA signature has the wrong length")
+            raise BadSignature("ECDSA signature has the wrong length")
         r = int.from_bytes(jws.signature[:size], "big")
         s = int.from_bytes(jws.signature[size:], "big")
         if r == 0 or s == 0:  # CVE-2022-21449 "psychic signatures"
-            raise InvalidToken("ECDSA signature with a zero component")
+            raise BadSignature("ECDSA signature with a zero component")
         public.verify(encode_dss_signature(r, s), jws.signing_input, ecdsa)
     except InvalidSignature as exc:
-        raise InvalidToken("signature does not verify") from exc
+        raise BadSignature("signature does not verify") from exc
 
 
 def parse_jwks(document: object) -> dict[str, PublicJWK]:

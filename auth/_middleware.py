@@ -11,8 +11,8 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 
 from ._binding import certificate_check as _binding_check
 from ._challenge import error_body, error_headers
-from ._context import bind_token, reset_token
-from ._errors import AuthError, InvalidToken, MissingToken
+from ._context import bind_client, bind_token, reset_client, reset_token
+from ._errors import AuthError, InvalidToken, MalformedToken, MissingToken
 from ._metadata import resource_metadata_url
 from ._request import clip, is_preflight, route_path
 from ._sdk import PrincipalCache
@@ -47,20 +47,20 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b
     if not values:
         raise MissingToken("no Authorization header")
     if len(values) > 1:
-        raise InvalidToken("more than one Authorization header")
+        raise MalformedToken("more than one Authorization header")
     if query_string and _has_access_token(query_string):
-        raise InvalidToken("token in both the Authorization header and the query string")
+        raise MalformedToken("token in both the Authorization header and the query string")
     try:
         raw = values[0].decode("ascii")
     except UnicodeDecodeError as exc:
-        raise InvalidToken("Authorization header is not ASCII") from exc
+        raise MalformedToken("Authorization header is not ASCII") from exc
     scheme, _, token = raw.strip().partition(" ")
     if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
         # Without a space there is no scheme, only a credential: never log (part of) it.
-        raise InvalidToken(f"authorization scheme {scheme[:20]!r} is not Bearer" if token else "no scheme")
+        raise MalformedToken(f"authorization scheme {scheme[:20]!r} is not Bearer" if token else "no scheme")
     token = token.strip()
     if not token or " " in token:
-        raise InvalidToken("Bearer credentials are empty or malformed")
+        raise MalformedToken("Bearer credentials are empty or malformed")
     return token
 
 
@@ -124,7 +124,7 @@ class BearerAuthMiddleware:
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
         self._certificate_check = certificate_check if certificate_check is not None else _binding_check(settings)
-        self._principals = PrincipalCache(settings.resource_url)
+        self._principals = PrincipalCache(settings.resource_url, aliases=settings.permission_aliases)
 
     def _protected(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self._protect)
@@ -169,6 +169,7 @@ class BearerAuthMiddleware:
 
     async def _authenticate(self, scope: dict[str, Any]) -> tuple[str, VerifiedToken]:
         raw = bearer_token(scope.get("headers", ()), scope.get("query_string", b""))
+        client = bind_client(scope.get("client"))  # who pays for work a never-verified token causes
         try:
             token = await self._verifier.verify(raw)
         except AuthError:
@@ -176,6 +177,8 @@ class BearerAuthMiddleware:
         except Exception as exc:  # a verifier bug must not become a bare 500 without a challenge
             log.exception("token verifier failed unexpectedly")
             raise InvalidToken(f"verifier error: {type(exc).__name__}") from exc
+        finally:
+            reset_client(client)
         if self._certificate_check is not None:
             self._certificate_check(scope, token)
         return raw, token

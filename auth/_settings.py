@@ -3,7 +3,8 @@
 `load_settings` is pure: it takes a mapping (``os.environ`` in production, a dict in tests)
 and either returns `AuthSettings` or raises `ConfigError` naming the offending setting.
 On Cloud Foundry an ``identity`` binding (and optionally an ``xsuaa`` binding) in
-``VCAP_SERVICES`` supplies what the environment leaves unset.
+``VCAP_SERVICES`` supplies what the environment leaves unset; on Kubernetes (Kyma) the same
+bindings mounted under ``SERVICE_BINDING_ROOT`` do, read by the same rules (`service_bindings`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlsplit
 from ._errors import ConfigError
 from ._jws import SUPPORTED_ALGORITHMS
 from ._permissions import parse_permission_name
+from ._service_bindings import service_bindings
 
 __all__ = ["AuthSettings", "IssuerConfig", "Profile", "CertBinding", "load_settings", "is_loopback_url"]
 
@@ -72,6 +74,9 @@ class AuthSettings:
     jwks_min_refresh_s: float = 5.0  # an unknown kid refreshes an issuer's keys at most this often
     jwks_max_stale_s: float = 3600.0  # keys keep serving this long past their TTL while refreshes fail
     ca_file: str | None = None  # extra trusted CAs (PEM) for discovery and key fetches
+    # With trust_forwarded_client_cert behind an Istio sidecar: the SPIFFE ID of the ingress gateway, whose
+    # element (the one before the sidecar's) carries the client certificate. None: the last element.
+    forwarded_client_cert_gateway: str | None = None
 
     def __post_init__(self) -> None:
         if not self.issuers:
@@ -90,6 +95,8 @@ class AuthSettings:
             )
         if not 0 <= self.leeway_s <= 300:
             raise ConfigError("MCP_AUTH_LEEWAY", "must be between 0 and 300 seconds")
+        if self.forwarded_client_cert_gateway is not None:
+            _check_spiffe_id(self.forwarded_client_cert_gateway, self.trust_forwarded_client_cert)
 
     @property
     def issuer_urls(self) -> tuple[str, ...]:
@@ -130,6 +137,15 @@ def check_issuer_url(url: str, setting: str, *, allow_query: bool = False) -> st
     if any(c.isspace() for c in url):
         raise ConfigError(setting, f"must not contain whitespace: {url!r}")
     return url
+
+
+def _check_spiffe_id(value: str, trusted: bool) -> None:
+    """``MCP_AUTH_XFCC_GATEWAY``: a ``spiffe://`` ID, meaningful only with ``MCP_AUTH_TRUST_XFCC``."""
+    if not trusted:
+        raise ConfigError("MCP_AUTH_XFCC_GATEWAY", "needs MCP_AUTH_TRUST_XFCC=true")
+    if not value.startswith("spiffe://") or len(value) > 2048 or any(c.isspace() or c in ',;"=' for c in value):
+        problem = f"must be a spiffe:// ID (no spaces, commas, semicolons, quotes or =), got {value[:80]!r}"
+        raise ConfigError("MCP_AUTH_XFCC_GATEWAY", problem)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -173,6 +189,9 @@ def _pairs(env: Mapping[str, str], name: str, sep: str) -> list[tuple[str, str]]
     return pairs
 
 
+_NO_ISSUER = (
+    "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES, or SERVICE_BINDING_ROOT)"
+)
 BINDING_SETTINGS = {"identity": "MCP_AUTH_IDENTITY_SERVICE", "xsuaa": "MCP_AUTH_XSUAA_SERVICE"}
 
 
@@ -264,22 +283,17 @@ def _resource_url(env: Mapping[str, str], resource_path: str) -> str:
 
 
 def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> AuthSettings:
-    """Build `AuthSettings` from environment variables and ``VCAP_SERVICES``.
+    """Build `AuthSettings` from environment variables, ``VCAP_SERVICES`` and ``SERVICE_BINDING_ROOT``.
 
     Raises:
         ConfigError: a setting is missing or invalid; the message names it.
     """
-    try:
-        vcap = json.loads(env.get("VCAP_SERVICES") or "{}")
-    except ValueError as exc:
-        raise ConfigError("VCAP_SERVICES", "is not valid JSON") from exc
-    if not isinstance(vcap, dict):
-        raise ConfigError("VCAP_SERVICES", "must be a JSON object")
+    vcap = service_bindings(env)  # VCAP_SERVICES and the folders under SERVICE_BINDING_ROOT: one set of rules
     identity = _vcap_binding(vcap, "identity", env)
     xsuaa = _vcap_binding(vcap, "xsuaa", env)
     if not (env.get("MCP_AUTH_ISSUER", "").strip() or env.get("MCP_AUTH_ISSUERS", "").strip() or identity or xsuaa):
         raise ConfigError(
-            "MCP_AUTH_ISSUER", "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES)"
+            "MCP_AUTH_ISSUER", _NO_ISSUER
         )
     resource_url = _resource_url(env, resource_path)
 
@@ -304,7 +318,10 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
     if not env_issuers and identity and isinstance(identity.get("url"), str):
         env_issuers = (identity["url"].rstrip("/"),)
     if _bool(env, "MCP_AUTH_MULTI_TENANT", False) and not domains and identity:
-        domains = tuple(d for d in identity.get("domains") or () if isinstance(d, str))
+        bound_domains = identity.get("domains") or []
+        if not isinstance(bound_domains, list):  # a string would be read letter by letter
+            raise ConfigError("MCP_AUTH_IAS_DOMAINS", "the identity binding's domains is not a list: set this instead")
+        domains = tuple(d for d in bound_domains if isinstance(d, str))
     if env_issuers:
         if jwks_uri and len(env_issuers) > 1:
             raise ConfigError("MCP_AUTH_JWKS_URI", "one JWKS URI cannot serve several issuers; use MCP_AUTH_ISSUERS")
@@ -340,7 +357,7 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         )
     if not issuers:
         raise ConfigError(
-            "MCP_AUTH_ISSUER", "no trusted issuer: set MCP_AUTH_ISSUER or bind an identity service (VCAP_SERVICES)"
+            "MCP_AUTH_ISSUER", _NO_ISSUER
         )
     for issuer_config in issuers:
         if not issuer_config.audiences:
@@ -370,6 +387,7 @@ def load_settings(env: Mapping[str, str], *, resource_path: str = "/mcp") -> Aut
         token_cache_size=int(_number(env, "MCP_AUTH_TOKEN_CACHE_SIZE", 10_000, 0, 1_000_000)),
         cert_binding=cert_binding,
         trust_forwarded_client_cert=_bool(env, "MCP_AUTH_TRUST_XFCC", False),
+        forwarded_client_cert_gateway=env.get("MCP_AUTH_XFCC_GATEWAY", "").strip() or None,
         jwks_min_refresh_s=_number(env, "MCP_AUTH_JWKS_MIN_REFRESH", 5, 0.1, 600),
         jwks_max_stale_s=_number(env, "MCP_AUTH_JWKS_MAX_STALE", 3600, 0, 7 * 86_400),
         ca_file=_ca_file(env),

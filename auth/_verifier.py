@@ -10,8 +10,10 @@ cannot turn it against a valid one, is written down in SECURITY.md:
   token whose signature and claims already hold, and is remembered for a bounded time, so a
   verdict never depends on what was verified before;
 - issuers named by tokens (multi-tenant labels) that never produced a valid token live in
-  their own small pool with their own admission budget: a flood of forged labels cannot evict
-  or starve a tenant already seen.
+  their own small pool, and discovering one comes out of the newcomers' budget (`auth._newcomers`):
+  charged to the requesting source by outcome, a label that does not exist remembered and cheap,
+  so a flood of forged labels can neither evict or starve a tenant already seen nor keep a
+  first-time tenant out.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import math
 import re
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -29,10 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import httpx
 
 from ._claims import check_claims_window, check_times, match_issuer
-from ._errors import InvalidToken, KeysUnavailable
+from ._context import current_client
+from ._errors import AuthError, InvalidToken, KeysUnavailable, UntrustedIssuer
 from ._http import key_fetch_client
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
 from ._jws import HeaderMemo, parse_jws, verify_signature
+from ._newcomers import CHEAP, NewcomerBudget, NewcomerLimits, Outcome, Receipt, discovery_outcome, source_key
 from ._sdk import verify_token as _sdk_verify_token
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
@@ -45,8 +49,7 @@ __all__ = ["TokenVerifier", "JWTVerifier", "ias_key_headers", "consumer_decision
 log = logging.getLogger("auth.verifier")
 
 _MAX_TENANTS = 1024  # multi-tenant issuers that produced a valid token, least recently used dropped
-_MAX_NEWCOMERS = 64  # issuers named only by tokens not (yet) verified: their own pool...
-_NEW_ISSUERS_PER_COOLDOWN = 16  # ...and their own admission budget
+_MAX_NEWCOMERS = 64  # issuers named only by tokens not (yet) verified whose keys were found: their own pool
 _MAX_CONSUMERS = 4096  # remembered IAS answers per (issuer, tenant, consumer)
 _HEADER_VALUE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # client ids and tenant ids; nothing that could split a header
 
@@ -153,8 +156,15 @@ class JWTVerifier:
         for config in settings.issuers:
             self._issuers.setdefault(config.issuer, self._new_key_set(config, config.issuer, opened_by_token=False))
         self._tenants: OrderedDict[str, JWKSCache] = OrderedDict()  # token-named, proven by a valid token
-        self._newcomers: OrderedDict[str, JWKSCache] = OrderedDict()  # token-named, not proven
-        self._births: deque[float] = deque()
+        self._newcomers: OrderedDict[str, JWKSCache] = OrderedDict()  # token-named, keys found, not proven
+        # Discovering token-named issuers: slots and charges per source, failures remembered.
+        self._budget = NewcomerBudget(
+            NewcomerLimits(window=settings.jwks_refresh_cooldown_s, max_wait=settings.http_timeout_s),
+            clock=monotonic,
+        )
+        self._discovering: dict[str, tuple[JWKSCache, asyncio.Event]] = {}  # at most one fetch per issuer
+        self._receipts: dict[str, Receipt] = {}  # charges for newcomers, paid back by their first valid token
+        self.discoveries = 0
         self._consumers: OrderedDict[tuple[str, Headers], _Consumer] = OrderedDict()
         # Keyed by the token itself: exact, and a lookup hashes the string once (no digest to compute).
         # Only tokens that verified enter, at most token_cache_size of them, each at most max_token_bytes.
@@ -179,6 +189,8 @@ class JWTVerifier:
             "tokens": len(self._cache),
             "key_fetches": sum(k.fetches for k in sets),
             "consumer_fetches": self.consumer_fetches,
+            "discoveries": self.discoveries,
+            **self._budget.stats(),
         }
 
     def _new_key_set(self, config: IssuerConfig, issuer: str, *, opened_by_token: bool) -> JWKSCache:
@@ -204,40 +216,87 @@ class JWTVerifier:
             clock=self._monotonic,
         )
 
-    def _key_set(self, config: IssuerConfig, issuer: str) -> JWKSCache:
-        """The key set of ``issuer``; a new token-named issuer comes out of the newcomers' budget.
-
-        Raises:
-            KeysUnavailable: too many new token-named issuers at once (only newcomers pay for it).
-        """
-        keys = self._issuers.get(issuer)
-        if keys is not None:
-            return keys
+    def _known(self, issuer: str) -> JWKSCache | None:
+        """The key set of a token-named issuer seen before (recency refreshed on every use), if any."""
         for pool in (self._tenants, self._newcomers):
             keys = pool.get(issuer)
             if keys is not None:
-                pool.move_to_end(issuer)  # recency refreshed on every use
+                pool.move_to_end(issuer)
                 return keys
-        self._admit_newcomer()
-        keys = self._new_key_set(config, issuer, opened_by_token=True)
-        self._newcomers[issuer] = keys
-        if len(self._newcomers) > _MAX_NEWCOMERS:
-            self._newcomers.popitem(last=False)  # only ever evicts another unproven issuer
-        return keys
+        return None
 
-    def _admit_newcomer(self) -> None:
-        now = self._monotonic()
-        window = self._settings.jwks_refresh_cooldown_s
-        while self._births and now - self._births[0] >= window:
-            self._births.popleft()
-        if len(self._births) >= _NEW_ISSUERS_PER_COOLDOWN:
-            wait = max(1, math.ceil(window - (now - self._births[0])))
-            raise KeysUnavailable("too many new issuers at once", retry_after=wait)
-        self._births.append(now)
+    async def _discover(self, config: IssuerConfig, issuer: str) -> JWKSCache:
+        """The key set of a token-named issuer never seen, discovered out of the newcomers' budget.
+
+        One fetch per issuer, however many requests name it; the requesting source
+        (`auth._context.current_client`) takes a slot and pays by outcome (`auth._newcomers`).
+
+        Raises:
+            InvalidToken: no such tenant (the name does not resolve, or the issuer answered 4xx),
+                found now or remembered from the last cool-down.
+            KeysUnavailable: the discovery failed otherwise (now or within the last cool-down), or
+                the source's charges are spent, or no discovery slot came in time.
+        """
+        pending = self._discovering.get(issuer)
+        if pending is None:
+            self._check_remembered(issuer)
+            source = source_key(current_client())
+            async with self._budget.slot(source):
+                known = self._known(issuer)  # discovered while we waited for the slot?
+                if known is not None:
+                    return known
+                pending = self._discovering.get(issuer)
+                if pending is None:
+                    self._check_remembered(issuer)
+                    return await self._first_discovery(config, issuer, source)
+        keys, done = pending
+        await done.wait()  # someone else's discovery of the same issuer: share its outcome
+        if keys.has_keys:
+            return keys
+        raise self._refusal(issuer, discovery_outcome(keys.last_error), keys.retry_after())
+
+    async def _first_discovery(self, config: IssuerConfig, issuer: str, source: str) -> JWKSCache:
+        keys = self._new_key_set(config, issuer, opened_by_token=True)
+        done = asyncio.Event()
+        self._discovering[issuer] = (keys, done)
+        self.discoveries += 1
+        try:
+            await keys.load()
+        finally:
+            del self._discovering[issuer]
+            done.set()
+        if keys.has_keys:  # a real tenant: charged until one of its tokens verifies (`_vouch`)
+            self._newcomers[issuer] = keys
+            if len(self._newcomers) > _MAX_NEWCOMERS:
+                dropped, _ = self._newcomers.popitem(last=False)  # only ever evicts another unproven issuer
+                self._receipts.pop(dropped, None)  # its charge stands
+            self._receipts[issuer] = self._budget.charge(source)
+            return keys
+        outcome = discovery_outcome(keys.last_error)
+        self._budget.remember(issuer, outcome)
+        if outcome not in CHEAP:
+            self._budget.charge(source)  # slow or garbage: the source pays
+        raise self._refusal(issuer, outcome, keys.retry_after())
+
+    def _check_remembered(self, issuer: str) -> None:
+        remembered = self._budget.remembered(issuer)
+        if remembered is not None:
+            raise self._refusal(issuer, *remembered)
+
+    @staticmethod
+    def _refusal(issuer: str, outcome: Outcome, retry_after: int) -> AuthError:
+        if outcome == "absent":
+            return UntrustedIssuer(f"no such tenant: {issuer}")
+        if outcome == "unreachable":
+            return KeysUnavailable(f"{issuer} refused the connection", retry_after=retry_after)
+        return KeysUnavailable(f"no signing keys for {issuer}", retry_after=retry_after)
 
     def _vouch(self, keys: JWKSCache) -> None:
         """A valid token came from ``keys``: a newcomer joins the tenants (whose pool forgers cannot touch)."""
         if self._newcomers.pop(keys.issuer, None) is not None:
+            receipt = self._receipts.pop(keys.issuer, None)
+            if receipt is not None:
+                self._budget.refund(receipt)  # a real tenant's first token: its discovery costs nothing
             self._tenants[keys.issuer] = keys
             if len(self._tenants) > _MAX_TENANTS:
                 self._tenants.popitem(last=False)
@@ -279,7 +338,7 @@ class JWTVerifier:
                            consumer.answered_at + s.jwks_ttl_s + s.jwks_max_stale_s)
             return consumer.answered_at + s.jwks_ttl_s
         if decision == "refuse":
-            raise InvalidToken(f"{keys.issuer} does not serve this key to the token's tenant and consumer")
+            raise UntrustedIssuer(f"{keys.issuer} does not serve this key to the token's tenant and consumer")
         wait = max(1, math.ceil(consumer.attempted_at + s.jwks_refresh_cooldown_s - self._monotonic()))
         raise KeysUnavailable(f"{keys.issuer} cannot be asked about the token's tenant", retry_after=wait)
 
@@ -329,9 +388,13 @@ class JWTVerifier:
         """The mcp SDK's ``TokenVerifier`` protocol, so ``MCPServer(token_verifier=JWTVerifier(...))`` works.
 
         Returns None for every refusal (the SDK then answers 401, even for our 503); see `auth._sdk`.
+        The answer carries the `VerifiedToken`, so ``current_token()`` and ``@requires`` work in
+        the SDK's tools without verifying again.
         """
         s = self._settings
-        return await _sdk_verify_token(self, token, resource=s.resource_url, cert_binding=s.cert_binding)
+        return await _sdk_verify_token(
+            self, token, resource=s.resource_url, cert_binding=s.cert_binding, aliases=s.permission_aliases
+        )
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token`` and return its principal.
@@ -361,7 +424,7 @@ class JWTVerifier:
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes, header_memo=self._headers)
         claims = jws.claims
         config, issuer = match_issuer(claims, s.issuers)
-        keys = self._issuers.get(issuer) or self._key_set(config, issuer)
+        keys = self._issuers.get(issuer) or self._known(issuer) or await self._discover(config, issuer)
         kid = jws.kid
         key, thumbprint = keys.in_hand(kid) or await keys.get_with_thumbprint(kid)
         try:

@@ -81,6 +81,7 @@ def auth_summary(auth: AuthSettings) -> dict[str, Any]:
         "profiles": sorted({i.profile for i in auth.issuers}),
         "cert_binding": auth.cert_binding,
         "trust_xfcc": auth.trust_forwarded_client_cert,
+        **({"xfcc_gateway": auth.forwarded_client_cert_gateway} if auth.forwarded_client_cert_gateway else {}),
         "ca_file": auth.ca_file,
     }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auth import AuthSettings, ConfigError, load_settings
+from auth._service_bindings import service_bindings  # the auth layer's binding reader, shared with the app
 from auth.downstream import DownstreamSettings, load_downstreams
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
@@ -194,15 +195,15 @@ def notes_db_setting(env: Mapping[str, str]) -> Path | PostgresConfig:
     names another mode, against the binding's or the URL's CA, else the system's CA bundle.
 
     Raises:
-        ConfigError: naming ``MCP_NOTES_DB``, ``VCAP_SERVICES`` or ``MCP_NOTES_DB_ALLOW_PLAINTEXT``;
-            the message never contains a password.
+        ConfigError: naming ``MCP_NOTES_DB``, ``VCAP_SERVICES``, ``SERVICE_BINDING_ROOT/<binding>`` or
+            ``MCP_NOTES_DB_ALLOW_PLAINTEXT``; the message never contains a password.
     """
     raw = env.get("MCP_NOTES_DB", "").strip()
     if raw:
         if "://" in raw or raw.lower().startswith(("postgres:", "postgresql:")):
             return postgres_tls(parse_postgres_url(raw, "MCP_NOTES_DB"), env)
         return Path(raw)
-    binding = _postgres_binding(env.get("VCAP_SERVICES", "").strip())
+    binding = _postgres_binding(service_bindings(env))
     return postgres_tls(binding, env) if binding is not None else Path("data/notes.db")
 
 
@@ -292,16 +293,9 @@ def parse_postgres_url(url: str, setting: str) -> PostgresConfig:
     )
 
 
-def _postgres_binding(raw: str) -> PostgresConfig | None:
-    """The one PostgreSQL binding (label ``postgresql-db`` or tag ``postgresql``) in ``VCAP_SERVICES``, if any."""
-    if not raw:
-        return None
-    try:
-        services = json.loads(raw)
-    except ValueError:
-        raise ConfigError("VCAP_SERVICES", "is not valid JSON") from None
-    if not isinstance(services, dict):
-        raise ConfigError("VCAP_SERVICES", "must be a JSON object")
+def _postgres_binding(services: Mapping[str, object]) -> PostgresConfig | None:
+    """The one PostgreSQL binding (label ``postgresql-db`` or tag ``postgresql``) in ``VCAP_SERVICES`` or
+    under ``SERVICE_BINDING_ROOT`` (`service_bindings`), if any; errors name where it came from."""
     found = [
         b
         for label, bindings in services.items()
@@ -313,12 +307,15 @@ def _postgres_binding(raw: str) -> PostgresConfig | None:
         return None
     if len(found) > 1:
         names = ", ".join(repr(str(b.get("name", "?"))) for b in found)
-        raise ConfigError("VCAP_SERVICES", f"has {len(found)} PostgreSQL bindings ({names}); bind one")
+        origin = "SERVICE_BINDING_ROOT" if all("source" in b for b in found) else "VCAP_SERVICES"
+        raise ConfigError(origin, f"has {len(found)} PostgreSQL bindings ({names}); bind one")
     name = str(found[0].get("name", PG_BINDING_LABEL))
-    where = f"VCAP_SERVICES[{name}].credentials"
+    # A mounted binding (SERVICE_BINDING_ROOT/<name>) names its folder; VCAP_SERVICES its entry.
+    source = str(found[0].get("source") or "VCAP_SERVICES")
+    where = str(found[0].get("source") or f"VCAP_SERVICES[{name}].credentials")
     creds = found[0].get("credentials")
     if not isinstance(creds, dict):
-        raise ConfigError("VCAP_SERVICES", f"binding {name!r} has no credentials object")
+        raise ConfigError(source, f"binding {name!r} has no credentials object")
 
     def text(key: str) -> str | None:
         value = creds.get(key)
@@ -339,14 +336,14 @@ def _postgres_binding(raw: str) -> PostgresConfig | None:
             dbname=text("dbname") or text("username") or "postgres",
             user=text("username") or "",
             password=text("password") or "",
-            source="VCAP_SERVICES",
+            source=source,
         )
     elif text("uri"):
         try:
             config = parse_postgres_url(text("uri") or "", where + ".uri")
         except ConfigError as exc:
-            raise ConfigError("VCAP_SERVICES", str(exc)) from None
-        config = replace(config, source="VCAP_SERVICES")
+            raise ConfigError(source, str(exc)) from None
+        config = replace(config, source=source)
     else:
         raise ConfigError(where, "needs uri, or hostname, username and password")
     root, cert, key = text("sslrootcert"), text("sslcert"), text("sslkey")

@@ -7,10 +7,21 @@ it is just the span already current. Building it still costs about a tenth of a 
 `QuietTelemetry` asks the SDK's own tracer which tracer a span would come from, and when that
 is the no-op tracer and the request carries none of the propagator's fields it calls the next
 handler directly; otherwise the SDK's middleware runs exactly as before.
+
+A malformed trace context is ignored, never an error: the SDK's extraction raises on a
+propagator field that is not a string (``"baggage": 5`` gives ``INTERNAL_ERROR`` and a traceback
+per request), and the W3C baggage propagator logs a too-long value whole. Such fields (anything
+but an ASCII string of at most 8192 characters: W3C trace headers are ASCII, and 8192 bytes is
+the baggage limit) are dropped from the carrier the SDK's middleware extracts from; the handler
+still sees the request's own ``_meta``.
+Should the middleware fail anyway before the handler runs (another propagator), the request is
+served without its span. None of this runs while tracing is off and ``_meta`` has no trace fields.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +32,11 @@ from opentelemetry import propagate
 from opentelemetry.trace import NoOpTracer
 
 __all__ = ["QuietTelemetry", "quiet_telemetry"]
+
+log = logging.getLogger("server")
+
+MAX_FIELD = 8192
+"""Longest propagator field kept (the W3C baggage limit in bytes; fields are ASCII, so characters)."""
 
 
 class QuietTelemetry:
@@ -50,10 +66,37 @@ class QuietTelemetry:
             return True
         return any(field in meta for field in self._carrier_fields())
 
+    def _malformed(self, meta: Mapping[str, Any]) -> list[str]:
+        """The propagator fields of ``meta`` the SDK's extraction must not see."""
+        bad = []
+        for field in self._carrier_fields():
+            value = meta.get(field)
+            if value is not None and not (isinstance(value, str) and len(value) <= MAX_FIELD and value.isascii()):
+                bad.append(field)
+        return bad
+
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
-        if self._tracing(ctx.meta):
-            return await self._inner(ctx, call_next)
-        return await call_next(ctx)
+        meta = ctx.meta
+        if not self._tracing(meta):
+            return await call_next(ctx)
+        traced = ctx
+        if isinstance(meta, Mapping) and (bad := self._malformed(meta)):
+            traced = copy.copy(ctx)  # the span's view: the handler gets ``ctx`` itself
+            traced.meta = {k: v for k, v in meta.items() if k not in bad}
+        reached = False
+
+        async def handler(_: Any) -> Any:
+            nonlocal reached
+            reached = True
+            return await call_next(ctx)
+
+        try:
+            return await self._inner(traced, handler)
+        except Exception as exc:
+            if reached:
+                raise  # the handler's own failure, as the SDK maps it
+            log.debug("trace context ignored: %s before the handler ran", type(exc).__name__)
+            return await call_next(ctx)
 
 
 def quiet_telemetry(mcp: MCPServer) -> None:

@@ -15,15 +15,22 @@ entries build: tool dispatch, input validation, middleware and result shaping st
 Everything else (notifications, responses, batches, bad JSON, wrong headers, any refused rung,
 other paths) is handed to the SDK's own entry unchanged, with the body replayed, so every error
 answer is exactly the SDK's (``tests/server/test_transport.py`` compares them). Host, Origin
-and Content-Type are checked in front (``HostOriginGuard`` and here), once. One deliberate
-difference on the 2025 path: an unexpected exception outside the tools (tool failures are
+and Content-Type are checked in front (``HostOriginGuard`` and here), once. Two deliberate
+differences on the 2025 path: an unexpected exception outside the tools (tool failures are
 already ``isError`` results) is answered with the SDK's modern mapping, a generic
 ``INTERNAL_ERROR`` with the details only in the log, where the SDK's 2025 dispatcher would send
-``code 0`` and the exception's text.
+``code 0`` and the exception's text; and a result holding a lone surrogate is sent escaped
+(below), where the SDK's 2025 transport fails to serialize it and answers 500.
 
-The body is read once, capped at ``max_body`` (413 beyond it). A layer in front that already
-read it (the tool gate) may leave it in the scope as ``BODY_KEY`` (bytes) and its JSON as
-``MESSAGE_KEY``; the endpoint then neither reads nor parses it again.
+The body is read once, capped at ``max_body`` (413 beyond it), and parsed once, with the SDK's
+parser for its generation: ``pydantic_core.from_json`` for 2025-11-25, ``json.loads`` for
+2026-07-28 (they differ on lone surrogates, UTF-16/UTF-32 and BOM-prefixed bodies, nesting
+depth; a body the 2025 parser refuses goes to the SDK, which answers 400 without running a
+tool). A layer in front that already read it (the tool gate) may leave it in the scope as
+``BODY_KEY`` (bytes) and its JSON, parsed the same way, as ``MESSAGE_KEY``; the endpoint then
+neither reads nor parses it again. Replies are serialized as the SDK writes them; a lone
+surrogate in one (a 2026-era id, a tool's result) is escaped as the SDK's 2026 entry escapes it,
+where pydantic's serializer would raise.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import DEFAULT_NEGOTIATED_VERSION, JSONRPCError, JSONRPCRequest, JSONRPCResponse, jsonrpc_message_adapter
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, SchemaSerializer, core_schema
 from starlette.requests import Request
 
 from auth._request import route_path
@@ -72,7 +80,8 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 BODY_KEY = "mcp.body"
 """Scope key of the request body, for a layer in front that has read it (bytes, within the cap)."""
 MESSAGE_KEY = "mcp.message"
-"""Scope key of the body's JSON (as ``json.loads`` gives it) when that layer parsed it; absent if not JSON."""
+"""Scope key of the body's JSON when that layer parsed it, with the SDK's parser for the request's
+generation (``pydantic_core.from_json`` for 2025-era, ``json.loads`` for 2026-era); absent if it does not parse."""
 
 
 class BodyTooLarge(Exception):
@@ -210,7 +219,7 @@ class MCPEndpoint:
             message: JSONRPCResponse | JSONRPCError = JSONRPCResponse(jsonrpc="2.0", id=req.id, result=result)
         except Exception as exc:  # the SDK's mapping; an unexpected error is logged, its text not sent
             message = JSONRPCError(jsonrpc="2.0", id=req.id, error=modern_error_data(exc))
-        await _reply(send, 200, message.model_dump_json(by_alias=True, exclude_unset=True).encode())
+        await _reply(send, 200, _json(message, exclude_unset=True))
 
     async def _serve_modern(self, body: bytes, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve a 2026-07-28 request as ``handle_modern_request`` does in JSON mode; False to leave it to the SDK.
@@ -262,10 +271,13 @@ class MCPEndpoint:
         except Exception as exc:  # the SDK's mapping and HTTP status table
             error = modern_error_data(exc)
             reply = JSONRPCError(jsonrpc="2.0", id=req.id, error=error)
-            await _reply(send, ERROR_CODE_HTTP_STATUS.get(error.code, 200),
-                         reply.model_dump_json(by_alias=True, exclude_none=True).encode())
+            await _reply(send, ERROR_CODE_HTTP_STATUS.get(error.code, 200), _json(reply, exclude_none=True))
             return True
-        await _reply(send, 200, pydantic_core.to_json({"jsonrpc": "2.0", "id": req.id, "result": result}))
+        try:
+            payload = _to_json({"jsonrpc": "2.0", "id": req.id, "result": result})
+        except PydanticSerializationError:  # a lone surrogate: escaped, as the SDK's json.dumps does
+            payload = _escaped(JSONRPCResponse(jsonrpc="2.0", id=req.id, result=result), exclude_none=True)
+        await _reply(send, 200, payload)
         return True
 
     def _lifespan_state(self) -> Any:
@@ -275,6 +287,9 @@ class MCPEndpoint:
 
 
 _UNPARSED = object()
+
+_to_json = SchemaSerializer(core_schema.any_schema(), core_schema.CoreConfig(ser_json_inf_nan="null")).to_json
+"""JSON of plain data, NaN and infinities as null as the SDK's ``model_dump(mode="json")`` writes them (built once)."""
 
 
 async def _serve_one(
@@ -302,6 +317,23 @@ def _single_request(body: bytes, parsed: object = _UNPARSED) -> JSONRPCRequest |
     except (ValueError, ValidationError, RecursionError):
         return None
     return message if isinstance(message, JSONRPCRequest) else None
+
+
+def _json(message: JSONRPCResponse | JSONRPCError, **options: bool) -> bytes:
+    """``message`` serialized as the SDK serializes it (``options``: its ``exclude_*`` flags).
+
+    pydantic's serializer refuses a str that is not valid Unicode; a lone surrogate (a 2026-era
+    body may carry one in its id, a tool may return one) is escaped instead, never a 500.
+    """
+    try:
+        return message.model_dump_json(by_alias=True, **options).encode()
+    except PydanticSerializationError:
+        return _escaped(message, **options)
+
+
+def _escaped(message: JSONRPCResponse | JSONRPCError, **options: bool) -> bytes:
+    """``message`` as the SDK's 2026 entry writes it: ``json.dumps`` of its JSON-mode dump (ASCII, escaped)."""
+    return json.dumps(message.model_dump(mode="json", by_alias=True, **options), separators=(",", ":")).encode()
 
 
 async def _reply(send: Send, status: int, body: bytes) -> None:

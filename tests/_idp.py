@@ -5,6 +5,9 @@ uvicorn server, counts every fetch, and can be told to go down, answer garbage, 
 its answer, refuse unknown ``x-app_tid`` values with 400 (as IAS does) or rotate keys. It also
 serves multi-tenant issuers ``https://<label>.<tenant_domain>`` under ``/t/<label>``: give the
 verifier an ``httpx.AsyncClient(transport=TenantRouting(idp))`` to reach them over real HTTP.
+A label the IdP does not serve answers 404, as IAS does for a tenant that does not exist; a
+label in ``unresolvable`` does not resolve (the routing is the resolver, no DNS is asked), and one
+in ``refusing`` leads to a loopback port where nothing listens (a real refused connection).
 Tokens are minted with joserfc (an independent library, not our code).
 """
 
@@ -14,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
@@ -21,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
@@ -56,6 +61,11 @@ class IdP:
     tenants: set[str] = field(default_factory=set)  # multi-tenant labels served under /t/<label>
     tenant_fetches: collections.Counter[str] = field(default_factory=collections.Counter)  # discovery + keys
     tenant_consumer_fetches: collections.Counter[str] = field(default_factory=collections.Counter)
+    unresolvable: set[str] = field(default_factory=set)  # labels whose host name does not resolve
+    refusing: set[str] = field(default_factory=set)  # labels whose host refuses connections
+    slow: set[str] = field(default_factory=set)  # labels whose discovery answers after ``slow_s`` seconds
+    slow_s: float = 1.0
+    lookups: collections.Counter[str] = field(default_factory=collections.Counter)  # requests per tenant host
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -110,6 +120,11 @@ class IdP:
             self.tenant_keys.clear()
             self.tenant_fetches.clear()
             self.tenant_consumer_fetches.clear()
+            self.unresolvable.clear()
+            self.refusing.clear()
+            self.slow.clear()
+            self.slow_s = 1.0
+            self.lookups.clear()
             if keys is not None:
                 self.keys[:] = keys
 
@@ -168,6 +183,8 @@ class IdP:
             label = request.path_params["label"]
             with self.lock:
                 self.tenant_fetches[label] += 1
+            if label in self.slow:
+                await asyncio.sleep(self.slow_s)
             if label not in self.tenants:
                 return JSONResponse({"error": "tenant not found"}, status_code=404)
             issuer = self.tenant_issuer(label)
@@ -223,24 +240,51 @@ class IdP:
 
 class TenantRouting(httpx.AsyncBaseTransport):
     """Sends requests for ``https://<label>.<tenant_domain>/...`` to the IdP's ``/t/<label>/...`` over
-    real HTTP on loopback (DNS and public TLS cannot be had in a test); everything else goes as is."""
+    real HTTP on loopback (DNS and public TLS cannot be had in a test); everything else goes as is.
+
+    It is the resolver for tenant hosts: a label in ``idp.unresolvable`` fails as httpx fails for a
+    name that does not exist (``ConnectError`` from the resolver's ``EAI_NONAME``), one in
+    ``idp.refusing`` goes to a loopback port bound but never listening (the kernel refuses).
+    """
 
     def __init__(self, idp: IdP) -> None:
         self._idp = idp
         self._inner = httpx.AsyncHTTPTransport()
+        self._closed = socket.socket()  # bound, never listening: connections to it are refused
+        self._closed.bind(("127.0.0.1", 0))
+        self._closed_port = self._closed.getsockname()[1]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         suffix = "." + self._idp.tenant_domain
         host = request.url.host
         if request.url.scheme == "https" and host.endswith(suffix):
             label = host[: -len(suffix)]
-            target = httpx.URL(f"{self._idp.base_url}/t/{label}{request.url.raw_path.decode('ascii')}")
+            with self._idp.lock:
+                self._idp.lookups[label] += 1
+            if label in self._idp.unresolvable:
+                raise _no_such_host(request)
+            base = f"http://127.0.0.1:{self._closed_port}" if label in self._idp.refusing else self._idp.base_url
+            target = httpx.URL(f"{base}/t/{label}{request.url.raw_path.decode('ascii')}")
             request.url = target
             request.headers["host"] = target.netloc.decode("ascii")
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+        self._closed.close()
+
+
+def _no_such_host(request: httpx.Request) -> httpx.ConnectError:
+    """What httpx raises for a host name that does not exist: ConnectError from httpcore's, from ``gaierror``."""
+    try:
+        try:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+    except httpcore.ConnectError as exc:
+        error = httpx.ConnectError(str(exc), request=request)
+        error.__cause__ = exc
+        return error
 
 
 @contextlib.contextmanager

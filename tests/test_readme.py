@@ -184,9 +184,9 @@ def test_client_versions_in_the_docs_are_the_pinned_ones() -> None:
 
     from tests._node import INSPECTOR_VERSION, MCP_REMOTE_VERSION
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pins = dict(p.split("==", 1) for p in project["optional-dependencies"]["test"] if "==" in p)
-    deploy = dict(p.split("==", 1) for p in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["deploy"]["pins"])
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = dict(p.split("==", 1) for p in pyproject["project"]["optional-dependencies"]["test"] if "==" in p)
+    deploy = dict(p.split("==", 1) for p in pyproject["tool"]["deploy"]["pins"])
     langchain = dict(r.split("==", 1) for r in LANGCHAIN_REQUIREMENTS if "==" in r)
     table = (REPO / "docs" / "clients.md").read_text().split("## What the user sees, per client", 1)[1]
     rows = {row.split("|")[1].strip(): row for row in table.splitlines() if row.startswith("| ") and "---" not in row}

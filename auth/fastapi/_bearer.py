@@ -14,11 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
-from fastapi import FastAPI, HTTPException, Security
-from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
-from fastapi.openapi.models import OpenIdConnect as OpenIdConnectModel
-from fastapi.security import SecurityScopes
-from fastapi.security.base import SecurityBase
+from fastapi import FastAPI, HTTPException, Security  # type: ignore[import-not-found, unused-ignore]
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel  # type: ignore[import-not-found, unused-ignore]
+from fastapi.openapi.models import OpenIdConnect as OpenIdConnectModel  # type: ignore[import-not-found, unused-ignore]
+from fastapi.security import SecurityScopes  # type: ignore[import-not-found, unused-ignore]
+from fastapi.security.base import SecurityBase  # type: ignore[import-not-found, unused-ignore]
 from starlette.applications import Starlette
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection, Request
@@ -44,7 +44,7 @@ log = logging.getLogger("auth")
 _LOGGED_PATH = 200  # characters of a request path that reach the log
 
 
-class AuthHTTPException(HTTPException):
+class AuthHTTPException(HTTPException):  # type: ignore[misc, unused-ignore]  # Any without fastapi
     """An `auth.AuthError` as FastAPI's ``HTTPException``: its status, challenge headers and body.
 
     ``detail`` is the OAuth error object, so FastAPI's default handler answers
@@ -79,7 +79,7 @@ async def _no_app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # pr
     raise RuntimeError("BearerAuth uses its middleware only to authenticate")
 
 
-class BearerAuth(SecurityBase):
+class BearerAuth(SecurityBase):  # type: ignore[misc, unused-ignore]  # Any without fastapi
     """Bearer tokens for FastAPI routes: ``Security(bearer, scopes=[...])`` yields the `VerifiedToken`.
 
     As a dependency it verifies the ``Authorization: Bearer`` token (only the header counts),

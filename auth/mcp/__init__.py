@@ -7,7 +7,7 @@
     app = protect(mcp, settings)           # metadata, 401/503, 403 gate, tools/list filter, one call
 """
 
-from ._fastmcp import fastmcp_auth, permission_check
+from ._fastmcp import fastmcp_auth, fastmcp_refusals, permission_check
 from ._gate import ToolPermissionGate, filter_tools_middleware, protect
 from ._tools import ToolPermissions, requires
 
@@ -20,4 +20,5 @@ __all__ = [
     # FastMCP (imports fastmcp only when called)
     "fastmcp_auth",
     "permission_check",
+    "fastmcp_refusals",
 ]

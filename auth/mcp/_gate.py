@@ -18,7 +18,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import pydantic_core
 from mcp.shared.inbound import decode_header_value
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp as StarletteApp
@@ -133,7 +135,7 @@ class ToolPermissionGate:
         except BodyTooLarge:
             await _plain(send, 413, b'{"error":"request_too_large"}')
             return
-        message = _parse(body)
+        message = _parse(body, _modern(scope))
         names = [*_header_names(scope), *tool_names(message)]
         required, missing = self._permissions.missing(names, token.permissions)
         if missing:
@@ -184,18 +186,40 @@ class ToolPermissionGate:
 BODY_KEY = "mcp.body"
 """ASGI scope key under which the gate leaves the request body it read (bytes, within the cap)."""
 MESSAGE_KEY = "mcp.message"
-"""ASGI scope key of the body's parsed JSON-RPC message; absent when the body is not JSON (or is ``null``)."""
+"""ASGI scope key of the body's JSON-RPC message, parsed as the SDK parses it for the request's protocol
+generation (`_parse`); absent when the body does not parse (or is ``null``)."""
 
 FORBIDDEN = -32003
 """JSON-RPC error code of a refused tool call (server-defined range, JSON-RPC 2.0 §5.1)."""
 
 
-def _parse(body: bytes) -> object:
-    """The JSON-RPC message, or None when the body is not JSON (the SDK then answers the parse error)."""
-    try:
-        return json.loads(body) if body else None
-    except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
+def _parse(body: bytes, modern: bool) -> object:
+    """The JSON-RPC message exactly as the SDK will parse it, or None when the SDK will refuse it (pure).
+
+    The SDK parses a 2025-era body with ``pydantic_core.from_json`` and a 2026-era body with
+    ``json.loads``. They disagree: ``json.loads`` takes lone surrogates (``"\\ud800"``, or
+    UTF-8-encoded), UTF-16/UTF-32 and BOM-prefixed bodies and deeper nesting, which pydantic_core
+    refuses. Reading the tool name with the parser that dispatches it means the name checked is
+    always the name that runs, and a body the SDK refuses is never taken for a harmless one.
+    """
+    if not body:
         return None
+    try:
+        return json.loads(body) if modern else pydantic_core.from_json(body)
+    except (ValueError, RecursionError):  # deep nesting raises RecursionError in json.loads
+        return None
+
+
+_VERSION_HEADER = b"mcp-protocol-version"
+
+
+def _modern(scope: dict[str, Any]) -> bool:
+    """Whether the SDK serves the request as 2026-era: its first ``MCP-Protocol-Version`` is not a
+    handshake version (the SDK's own routing rule; no header means 2025-era) (pure)."""
+    for key, value in scope.get("headers", ()):
+        if key == _VERSION_HEADER:
+            return value.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
+    return False
 
 
 def _header_names(scope: dict[str, Any]) -> list[str]:
@@ -233,10 +257,11 @@ def _jsonrpc_denial(message: object, exc: InsufficientScope) -> bytes | None:
     if not isinstance(message, dict) or "id" not in message:
         return None
     scope = " ".join(sorted(exc.required))
+    request_id = message["id"]  # echoed when it is a JSON-RPC id MCP accepts (NaN would make the body invalid JSON)
     return json.dumps(
         {
             "jsonrpc": "2.0",
-            "id": message["id"],
+            "id": request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None,
             "error": {
                 "code": FORBIDDEN,
                 "message": f"insufficient_scope (HTTP 403): {exc.description}",

@@ -6,6 +6,10 @@ requirement travels with whatever the MCP SDK registers, under whatever name.
 result (with its aliases and implication rules) and hands it to the HTTP gate (403 before
 dispatch), the ``tools/list`` filter, the metadata's ``scopes_supported`` and, through a
 context variable the gate sets per request, the defence-in-depth check at call time.
+
+Where no gate runs (the SDK's own ``token_verifier=`` route, FastMCP), the call-time check is
+the only one: it reads the principal our verifier attached to the SDK's access token and
+refuses with `ToolRefused`, a tool error (``isError``) whose fixed text names the permission.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._context import current_token
-from .._errors import InsufficientScope
+from mcp.server.mcpserver.exceptions import ToolError
+
+from .._context import optional_token
+from .._errors import InsufficientScope, MissingToken
 from .._permissions import expand_permissions, missing_permissions, parse_permission_name
+from .._sdk import sdk_principal
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -32,6 +39,9 @@ __all__ = [
     "declared_permissions",
     "active_permissions",
     "using_permissions",
+    "ToolRefused",
+    "NoVerifiedToken",
+    "refusal_message",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -172,17 +182,55 @@ def using_permissions(permissions: ToolPermissions) -> Iterator[None]:
         _ACTIVE.reset(handle)
 
 
+def refusal_message(missing: frozenset[str], tool: str | None = None) -> str:
+    """The fixed text of a tool call refused at call time: permission names, nothing from the token (pure).
+
+    The SDK shows it after "Error executing tool <name>: ", so without ``tool`` it says "this tool".
+    """
+    what = f"tool {tool}" if tool else "this tool"
+    return f"insufficient_scope: {what} needs permission {' and '.join(sorted(missing))}, " \
+        "which the access token does not grant"
+
+
+class ToolRefused(InsufficientScope, ToolError):
+    """`InsufficientScope` at call time, raised as the SDK's `ToolError`.
+
+    The SDK answers a ``ToolError`` with an ``isError`` result carrying its text (logged at INFO),
+    where any other exception becomes a bare "Error executing tool <name>" (logged as a crash).
+    """
+
+    def __init__(self, required: frozenset[str], missing: frozenset[str]) -> None:
+        super().__init__(required, missing, reason=refusal_message(missing))
+
+
+class NoVerifiedToken(MissingToken, ToolError):
+    """A guarded tool ran without a principal our verifier produced (e.g. another ``token_verifier``)."""
+
+    def __init__(self) -> None:
+        super().__init__("unauthorized: this tool needs an access token verified by the auth layer")
+
+
 def _check(needed: frozenset[str]) -> None:
-    """The call-time check: the current token must cover ``needed`` as the serving server resolves it."""
-    token = current_token()
+    """The call-time check: the current token must cover ``needed`` as the serving server resolves it.
+
+    Behind `protect`, the gate's table resolves names (aliases, implication rules). Elsewhere the
+    deployment's aliases come with the principal (the verifier's settings); the verifier already
+    closed the token's permissions under the implication rules.
+    """
+    token = optional_token()
+    if token is None:
+        raise NoVerifiedToken
     table = _ACTIVE.get()
-    if table is None:  # in-process use without a gate: logical names, no implication rules
-        required, missing = needed, missing_permissions(token.permissions, needed)
+    if table is None:
+        carried = sdk_principal()
+        aliases = carried[1] if carried is not None and carried[0] is token else None
+        required = frozenset(aliases.get(p, p) for p in needed) if aliases else needed
+        missing = missing_permissions(token.permissions, required)
     else:
         required = table.resolve(needed)
         missing = missing_permissions(table.granted(token.permissions), required)
     if missing:
-        raise InsufficientScope(required, missing)
+        raise ToolRefused(required, missing)
 
 
 def requires(*permissions: str) -> Callable[[F], F]:
@@ -190,8 +238,10 @@ def requires(*permissions: str) -> Callable[[F], F]:
 
     Put it under ``@mcp.tool(...)``: the SDK registers the returned function, which carries the
     mark whatever name the tool is registered under. The wrapper keeps the signature (the SDK
-    builds the input schema from it) and, as defence in depth behind the HTTP gate, refuses to
-    run with `InsufficientScope` when the current token lacks a permission.
+    builds the input schema from it) and refuses to run with `ToolRefused` (an `InsufficientScope`
+    and the SDK's ``ToolError``) when the current token lacks a permission: defence in depth
+    behind `protect`'s HTTP gate, and the check itself on the SDK's ``token_verifier=`` route and
+    in FastMCP, where the client gets an ``isError`` result naming the permission.
 
     Args:
         permissions: logical permission names (RFC 6749 scope tokens); at least one.

@@ -277,10 +277,10 @@ NAME_VALUES = st.binary(max_size=40) | st.sampled_from([b"=?base64?bm90ZXM=?=", 
 
 
 @given(body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
-       | st.builds(lambda n: (b"[" * n) + (b"]" * n), st.integers(0, 5000)))
-def test_gate_body_parsing_never_raises(budget: CpuBudget, body: bytes) -> None:
+       | st.builds(lambda n: (b"[" * n) + (b"]" * n), st.integers(0, 5000)), modern=st.booleans())
+def test_gate_body_parsing_never_raises(budget: CpuBudget, body: bytes, modern: bool) -> None:
     with budget.timed():
-        message = _parse(body)
+        message = _parse(body, modern)
         names = tool_names(message)
     assert all(isinstance(n, str) for n in names)
 

@@ -401,3 +401,36 @@ def test_only_the_canonical_spelling_of_a_signature_is_accepted(client: httpx.Cl
         spelling = f"{head}.{signature[:-1]}{last}"
         assert_invalid_token(client.get("/mcp", headers=bearer(spelling)))
     assert client.get("/mcp", headers=bearer(token)).status_code == 200
+
+
+def test_connection_failure_lines_come_out_of_a_budget() -> None:
+    """Forged tenant labels make the verifier connect nowhere; its log lines per window stay bounded."""
+    from auth._http import LogBudget
+
+    now = [0.0]
+    budget = LogBudget(lines=3, window=60.0, clock=lambda: now[0])
+    assert [budget.take() for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] = 59.9
+    assert budget.take() is None
+    now[0] = 60.0
+    assert budget.take() == 3  # the next line says how many were held back
+    assert budget.take() == 0
+
+
+async def test_a_flood_of_unreachable_hosts_writes_a_bounded_number_of_lines(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from auth import AuthSettings, IssuerConfig
+    from auth._http import key_fetch_client
+    from tests._live import free_port
+
+    settings = AuthSettings(issuers=(IssuerConfig(issuer="https://a.example", audiences=("x",)),),
+                            resource_url="https://rs.example/mcp")
+    port = free_port()  # nothing listens there: connection refused
+    caplog.set_level(logging.WARNING, logger="auth.http")
+    async with key_fetch_client(settings) as client:
+        for i in range(60):
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{port}/t{i}")
+    lines = [r for r in caplog.records if r.name == "auth.http"]
+    assert 1 <= len(lines) <= 20

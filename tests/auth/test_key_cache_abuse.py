@@ -74,40 +74,55 @@ def test_forged_unknown_kids_with_random_tenants_and_consumers_never_cost_a_vali
 def test_forged_tenant_labels_never_evict_or_block_a_tenant_already_seen(ias: IdP, clock: Clock) -> None:
     client = httpx.AsyncClient(transport=TenantRouting(ias))
     alpha = ias.tenant_issuer("alpha")
+    ias.tenants.update(f"forged{n}" for n in range(150) if n % 16 < 7)  # 69 name tenants that exist: keys found
     with guarded(settings(ias, multi_tenant=True), client=client, monotonic=clock) as g, \
             httpx.Client(base_url=g.base_url, timeout=30) as c:
         assert_ok(c.get("/mcp", headers=bearer(ias.mint(iss=alpha, app_tid=T1))))
         alpha_fetches = ias.tenant_fetches["alpha"]
         statuses = set()
-        for n in range(150):  # beyond the old 64 key sets: LRU eviction once dropped sets in use
+        for n in range(150):  # beyond the 64 key sets of unproven issuers: LRU eviction once dropped sets in use
             if n % 16 == 0:
-                clock.advance(COOLDOWN)  # a fresh admission window each time: every label is fetched
+                clock.advance(COOLDOWN)  # a fresh window for the source's 8 charges: 7 found, 9 not, each time
             r = c.get("/mcp", headers=bearer(forged_token(ias.tenant_issuer(f"forged{n}"))))
             statuses.add((r.status_code, r.headers.get("www-authenticate", "").count("invalid_token")))
             assert_ok(c.get("/mcp", headers=bearer(ias.mint(iss=alpha, app_tid=T1, azp="consumer-client"))))
         stats = g.verifier.cache_stats()
-    assert statuses == {(401, 1)}  # each forged label: its tenant does not exist
+    assert statuses == {(401, 1)}  # each forged label: no such tenant, or not its key
     assert ias.tenant_fetches["alpha"] == alpha_fetches  # alpha's keys were never evicted nor refetched
-    assert max(ias.tenant_fetches[f"forged{n}"] for n in range(150)) == 1
+    assert max(ias.tenant_fetches[f"forged{n}"] for n in range(150)) <= 2  # discovery and key set, once
     assert (stats["tenants"], stats["newcomers"]) == (1, 64)  # bounded: unproven issuers in their own pool
+    assert stats["remembered_failures"] == 150 - 69  # labels that do not exist: one line each, no key set
 
 
-def test_a_burst_of_forged_labels_costs_a_first_time_tenant_at_most_an_honest_retry_after(
-        ias: IdP, clock: Clock) -> None:
+def test_a_burst_of_forged_labels_does_not_cost_a_first_time_tenant_its_first_request(ias: IdP, clock: Clock) -> None:
     ias.tenants.add("beta")
     client = httpx.AsyncClient(transport=TenantRouting(ias))
     with guarded(settings(ias, multi_tenant=True), client=client, monotonic=clock) as g, \
             httpx.Client(base_url=g.base_url, timeout=30) as c:
-        for n in range(40):  # one admission window: 16 labels fetched, the rest 503
-            r = c.get("/mcp", headers=bearer(forged_token(ias.tenant_issuer(f"burst{n}"))))
-            assert r.status_code in (401, 503)
-        beta_token = ias.mint(iss=ias.tenant_issuer("beta"), app_tid=T1)
-        retry_after = assert_unavailable(c.get("/mcp", headers=bearer(beta_token)))
-        assert retry_after <= COOLDOWN
+        for n in range(40):  # today's main admitted 16 new labels per cool-down, then 503 for every new one
+            assert_invalid(c.get("/mcp", headers=bearer(forged_token(ias.tenant_issuer(f"burst{n}")))))
+        assert_ok(c.get("/mcp", headers=bearer(ias.mint(iss=ias.tenant_issuer("beta"), app_tid=T1))))
         assert_ok(c.get("/mcp", headers=bearer(ias.mint(app_tid=T1))))  # the configured issuer: never limited
+    assert sum(ias.tenant_fetches.values()) == 40 + 2  # one 404 per label; beta's discovery and keys
+
+
+def test_a_source_that_named_too_many_existing_tenants_gets_an_honest_retry_after_for_new_labels(
+        ias: IdP, clock: Clock) -> None:
+    """The limit left: one source's forged tokens for tenants that exist are charged to that source."""
+    real = [f"real{n}" for n in range(8)]
+    ias.tenants.update([*real, "beta"])
+    client = httpx.AsyncClient(transport=TenantRouting(ias))
+    with guarded(settings(ias, multi_tenant=True), client=client, monotonic=clock) as g, \
+            httpx.Client(base_url=g.base_url, timeout=30) as c:
+        for label in real:
+            assert_invalid(c.get("/mcp", headers=bearer(forged_token(ias.tenant_issuer(label)))))
+        beta_token = ias.mint(iss=ias.tenant_issuer("beta"), app_tid=T1)
+        retry_after = assert_unavailable(c.get("/mcp", headers=bearer(beta_token)))  # same source: spent
+        assert retry_after <= COOLDOWN
+        assert_ok(c.get("/mcp", headers=bearer(ias.mint(app_tid=T1))))
         clock.advance(retry_after)
         assert_ok(c.get("/mcp", headers=bearer(beta_token)))
-    assert sum(ias.tenant_fetches.values()) == 16 + 2  # the budget, and beta's discovery and keys
+    assert sum(ias.tenant_fetches.values()) == 2 * 8 + 2  # discovery and key set of each, once
 
 
 # --- item 2: a cached verdict outlives its key -----------------------------------------------------------

@@ -7,10 +7,12 @@ serialization) in the IAS, XSUAA and Entra shapes must yield the right principal
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import jwt as pyjwt
 import pytest
 import pytest_asyncio
@@ -18,9 +20,10 @@ from joserfc.jwk import ECKey
 
 import auth._verifier
 from auth import InvalidToken, JWTVerifier, KeysUnavailable
-from tests._idp import IdP, running_idp
+from tests._idp import IdP, TenantRouting, running_idp
 
 from ._cases import AUDIENCE, EC_KEY, KEY, KID, OTHER_KEY, TOKEN_CASES, Case, Ctx, compact, private_pem
+from ._guarded import forged_token
 from ._support import Clock, idp_key, issuer_config, settings_for
 
 
@@ -333,40 +336,88 @@ def test_verifier_satisfies_the_token_verifier_protocol(idp: IdP) -> None:
     assert isinstance(JWTVerifier(settings_for(idp.issuer)), TokenVerifier)
 
 
-def _multi_tenant_verifier(clock: list[float]) -> tuple[JWTVerifier, Any]:
-    from auth import AuthSettings, IssuerConfig
-
-    config = IssuerConfig(issuer="https://main.accounts.ondemand.com", audiences=("aud",),
-                          domains=("accounts.ondemand.com",))
-    settings = AuthSettings(issuers=(config,), resource_url="https://mcp.example.com/mcp",
-                            jwks_refresh_cooldown_s=30)
-    return JWTVerifier(settings, monotonic=lambda: clock[0]), config
+@pytest.fixture
+def tenants(idp: IdP) -> Iterator[IdP]:
+    """The module's IdP serving multi-tenant labels (reset afterwards)."""
+    idp.reset(keys=[idp_key()])
+    yield idp
+    idp.reset(keys=[idp_key()])
 
 
-def test_new_token_named_issuers_are_rate_limited_per_cooldown() -> None:
-    """Forged tokens naming ever new tenants must not become a stream of discovery requests."""
-    clock = [1000.0]
-    verifier, config = _multi_tenant_verifier(clock)
-    for n in range(16):
-        verifier._key_set(config, f"https://tenant{n}.accounts.ondemand.com")
-    with pytest.raises(KeysUnavailable) as limited:
-        verifier._key_set(config, "https://tenant16.accounts.ondemand.com")
-    assert limited.value.status == 503 and limited.value.retry_after == 30
-    verifier._key_set(config, "https://tenant3.accounts.ondemand.com")  # known ones are not limited
-    verifier._key_set(config, config.issuer)  # nor is the configured issuer
-    clock[0] += 30
-    verifier._key_set(config, "https://tenant16.accounts.ondemand.com")  # a new window admits it
+@contextlib.asynccontextmanager
+async def multi_tenant(idp: IdP, monotonic: Clock) -> AsyncIterator[JWTVerifier]:
+    """A multi-tenant verifier reaching ``https://<label>.<tenant_domain>`` through the IdP's routing."""
+    settings = settings_for(issuer_config(idp.issuer, domains=(idp.tenant_domain,)), jwks_refresh_cooldown_s=30)
+    v = JWTVerifier(settings, client=httpx.AsyncClient(transport=TenantRouting(idp)), monotonic=monotonic)
+    try:
+        yield v
+    finally:
+        await v.aclose()
+        await v._client.aclose()
 
 
-def test_unproven_issuers_never_evict_a_proven_tenant_and_stay_bounded() -> None:
-    clock = [0.0]
-    verifier, config = _multi_tenant_verifier(clock)
-    proven = verifier._key_set(config, "https://known.accounts.ondemand.com")
-    verifier._vouch(proven)  # a valid token came from it
-    for n in range(500):
-        if n % 16 == 0:
-            clock[0] += 30  # a fresh admission window
-        verifier._key_set(config, f"https://forged{n}.accounts.ondemand.com")
-    stats = verifier.cache_stats()
-    assert (stats["tenants"], stats["newcomers"]) == (1, 64)
-    assert verifier._key_set(config, "https://known.accounts.ondemand.com") is proven
+async def test_token_named_issuers_that_do_not_exist_cost_one_request_each_and_no_budget(
+        tenants: IdP, monotonic: Clock) -> None:
+    """Forged labels that fail cheaply (404, no such name, refused) never refuse a first-time tenant."""
+    tenants.tenants.add("newcomer")
+    async with multi_tenant(tenants, monotonic) as v:
+        labels = [f"gone{n}" for n in range(40)] + [f"nx{n}" for n in range(20)] + [f"down{n}" for n in range(20)]
+        tenants.unresolvable.update(lb for lb in labels if lb.startswith("nx"))
+        tenants.refusing.update(lb for lb in labels if lb.startswith("down"))
+        for _ in range(2):  # each label twice: the second time answered from memory
+            for label in labels:
+                error = KeysUnavailable if label.startswith("down") else InvalidToken
+                with pytest.raises(error):
+                    await v.verify(forged_token(tenants.tenant_issuer(label)))
+        token = await v.verify(tenants.mint(iss=tenants.tenant_issuer("newcomer")))
+        assert token.issuer == tenants.tenant_issuer("newcomer")
+        stats = v.cache_stats()
+    assert all(tenants.lookups[label] == 1 for label in labels)
+    assert (stats["newcomers"], stats["tenants"], stats["remembered_failures"]) == (0, 1, 80)
+    assert stats["discoveries"] == 81
+
+
+async def test_keys_found_for_no_valid_token_are_charged_to_the_source_and_paid_back_by_a_valid_one(
+        tenants: IdP, monotonic: Clock) -> None:
+    real = [f"real{n}" for n in range(9)]
+    first_timers = [f"first{n}" for n in range(20)]  # after a restart every tenant is a first-time one
+    tenants.tenants.update([*real, *first_timers, "known"])
+    async with multi_tenant(tenants, monotonic) as v:
+        await v.verify(tenants.mint(iss=tenants.tenant_issuer("known")))
+        for label in first_timers:  # valid tokens: their discoveries are paid back, however many
+            assert (await v.verify(tenants.mint(iss=tenants.tenant_issuer(label)))).issuer.endswith(
+                f"//{label}.{tenants.tenant_domain}")
+        for label in real[:8]:  # a tenant that exists, a forged token: the source pays
+            with pytest.raises(InvalidToken):
+                await v.verify(forged_token(tenants.tenant_issuer(label)))
+            monotonic.advance(1)
+        with pytest.raises(KeysUnavailable) as spent:
+            await v.verify(forged_token(tenants.tenant_issuer(real[8])))
+        assert spent.value.status == 503 and spent.value.retry_after == 30 - 8
+        with pytest.raises(KeysUnavailable):  # new labels from this source wait for the window...
+            await v.verify(tenants.mint(iss=tenants.tenant_issuer("late")))
+        await v.verify(tenants.mint(iss=tenants.tenant_issuer("known")))  # ...tenants seen before do not
+        await v.verify(tenants.mint(iss=tenants.tenant_issuer("first3")))
+        await v.verify(tenants.mint())  # nor does the configured issuer
+        monotonic.advance(30 - 8)
+        tenants.tenants.add("late")
+        await v.verify(tenants.mint(iss=tenants.tenant_issuer("late")))
+    assert tenants.lookups["late"] == 2  # refused before any request, then discovery and key set
+
+
+async def test_unproven_issuers_never_evict_a_proven_tenant_and_stay_bounded(tenants: IdP, monotonic: Clock) -> None:
+    forged = [f"forged{n}" for n in range(100)]
+    tenants.tenants.update([*forged, "known"])
+    async with multi_tenant(tenants, monotonic) as v:
+        await v.verify(tenants.mint(iss=tenants.tenant_issuer("known")))
+        proven = v._known(tenants.tenant_issuer("known"))
+        for n, label in enumerate(forged):
+            if n % 8 == 0:
+                monotonic.advance(30)  # a fresh window for the source's charges
+            with pytest.raises(InvalidToken):
+                await v.verify(forged_token(tenants.tenant_issuer(label)))
+        stats = v.cache_stats()
+        assert (stats["tenants"], stats["newcomers"]) == (1, 64)  # found, unproven sets: their own bounded pool
+        assert v._known(tenants.tenant_issuer("known")) is proven
+        await v.verify(tenants.mint(iss=tenants.tenant_issuer("known")))
+    assert tenants.tenant_fetches["known"] == 2  # discovery and key set, never again

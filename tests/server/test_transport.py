@@ -11,6 +11,7 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,20 @@ import pytest
 from mcp.server.mcpserver import Context, MCPServer
 
 from auth.mcp import requires
+from auth.mcp._gate import FORBIDDEN
 from tests._live import running_server
+from tests._odd_bodies import LONE, odd_bodies, outcome
 
-from .conftest import ENVELOPE, JSON_HEADERS, LEGACY_HEADERS, DevServer, build_dev_app, modern_headers, tool_call
+from .conftest import (
+    ENVELOPE,
+    JSON_HEADERS,
+    LEGACY_HEADERS,
+    DevServer,
+    build_dev_app,
+    dev_server,
+    modern_headers,
+    tool_call,
+)
 from .test_dev_mode import dev_processes
 
 pytestmark = pytest.mark.timeout(60)
@@ -241,6 +253,16 @@ def bare_endpoint(front: Any = None, *, sdk_only: bool = False) -> Iterator[str]
         raise RuntimeError("internal detail 5e1c")
 
     @mcp.tool()
+    async def number(x: float) -> float:
+        """Return the number (NaN and infinities included)."""
+        return x
+
+    @mcp.tool()
+    async def lone_surrogate() -> str:
+        """A str that is not valid Unicode, as a tool might return one."""
+        return "half \ud800 a pair"
+
+    @mcp.tool()
     async def with_cleanup(ctx: Context) -> str:
         """Registers a cleanup on its connection's exit stack (it must run after the call)."""
         ctx.request_context.session._connection.exit_stack.callback(CLEANUPS.append, "done")
@@ -352,6 +374,32 @@ MODERN_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
 
 _LEGACY = [("mcp-protocol-version", "2025-11-25")]
 
+# Bodies the SDK's two parsers (pydantic_core for 2025-11-25, json.loads for 2026-07-28) treat
+# differently (tests/_odd_bodies.py), plus a lone surrogate in an argument the tool echoes, a
+# UTF-16 body without BOM, NaN and infinities in a result, and a result that is not valid Unicode.
+
+
+def _odd_bodies(call: dict[str, Any], number: dict[str, Any], lone: dict[str, Any],
+                ) -> dict[str, tuple[object, dict[str, str]]]:
+    """Case name -> (body, extra header edits) for the parser-difference cases of one framing."""
+    plain = json.dumps(call)
+    assert plain.count('"hi"') == 1 and '"x": 1.5' in json.dumps(number)
+    return {
+        **{case: (raw, {}) for case, raw in odd_bodies(call).items() if case != "well_formed"},
+        "surrogate_in_echoed_argument": (plain.replace('"hi"', f'"hi{LONE}"').encode(), {}),
+        "utf8_encoded_surrogate_in_echoed_argument": (plain.encode().replace(b'"hi"', b'"hi\xed\xa0\x80"'), {}),
+        "utf16le_body": (plain.encode("utf-16-le"), {}),
+        "nan_in_result": (json.dumps(number).replace('"x": 1.5', '"x": NaN').encode(), {"mcp-name": "number"}),
+        "infinity_in_result": (json.dumps(number).replace('"x": 1.5', '"x": Infinity').encode(),
+                               {"mcp-name": "number"}),
+        "surrogate_in_result": (json.dumps(lone).encode(), {"mcp-name": "lone_surrogate"}),
+    }
+
+
+def _with_headers(odd: dict[str, tuple[object, dict[str, str]]], base: list[tuple[str, str]],
+                  ) -> dict[str, tuple[object, list[tuple[str, str]]]]:
+    return {name: (body, [(k, edits.get(k, v)) for k, v in base]) for name, (body, edits) in odd.items()}
+
 
 def _legacy(method: str, params: dict[str, Any] | None, *, id: object = 1) -> dict[str, Any]:
     return {**_modern(method, params, id=id, meta=False), **({} if params is not None else {"params": {}})}
@@ -373,7 +421,16 @@ LEGACY_CASES: dict[str, tuple[object, list[tuple[str, str]]]] = {
                                                          ("content-type", "application/json")]),
     "accept_twice": (_legacy("tools/list", None), [*_LEGACY, ("accept", "text/event-stream"),
                                                    ("accept", "application/json, text/event-stream")]),
+    **_with_headers(_odd_bodies(_legacy("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+                                _legacy("tools/call", {"name": "number", "arguments": {"x": 1.5}}),
+                                _legacy("tools/call", {"name": "lone_surrogate", "arguments": {}})), _LEGACY),
 }
+_SDK_500 = LEGACY_CASES.pop("surrogate_in_result")  # the SDK's 2025 transport answers 500: tested below
+
+MODERN_CASES.update(_with_headers(_odd_bodies(_modern("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+                                              _modern("tools/call", {"name": "number", "arguments": {"x": 1.5}}),
+                                              _modern("tools/call", {"name": "lone_surrogate", "arguments": {}})),
+                                  [*_CALL_HEADERS, ("mcp-name", "echo")]))
 
 
 def _post(url: str, case: str, cases: dict[str, tuple[object, list[tuple[str, str]]]] = MODERN_CASES,
@@ -415,6 +472,19 @@ def test_legacy_request_gets_exactly_the_sdks_answer(endpoint_and_sdk: tuple[str
         assert status == 200 and isinstance(body, dict) and "result" in body
 
 
+@pytest.mark.parametrize("modern", [False, True])
+def test_a_result_with_a_lone_surrogate_is_escaped_never_a_500(endpoint_and_sdk: tuple[str, str],
+                                                                modern: bool) -> None:
+    ours, sdk = endpoint_and_sdk
+    cases = MODERN_CASES if modern else {"surrogate_in_result": _SDK_500}
+    status, body = _post(ours, "surrogate_in_result", cases)
+    assert status == 200, body
+    assert isinstance(body, dict) and body["result"]["content"][0]["text"] == "half \ud800 a pair"
+    # The SDK's 2026 entry escapes it too (json.dumps); its 2025 transport fails to serialize it (500).
+    sdk_status, sdk_body = _post(sdk, "surrogate_in_result", cases)
+    assert (sdk_status, sdk_body) == (200, body) if modern else sdk_status == 500
+
+
 def test_modern_call_is_served_without_the_sdks_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     import server._transport as transport
 
@@ -441,3 +511,68 @@ def test_cleanup_a_tool_registers_runs_after_its_call(endpoint_and_sdk: tuple[st
     response = httpx.post(ours, json=tool_call("with_cleanup", {}, modern=modern), headers=headers, timeout=10)
     assert response.status_code == 200 and response.json()["result"]["isError"] is False, response.text
     assert CLEANUPS == ["done"]  # the teardown skipped only when nothing was registered
+
+
+# --- the whole server (token, tool gate, endpoint) against the bare SDK, on bodies its parsers differ on ----
+
+def _note_bodies(modern: bool) -> dict[str, bytes]:
+    """``create_note`` calls whose bodies the SDK's parser for the framing may refuse (issue 15, item 4)."""
+    return odd_bodies(tool_call("create_note", {"title": "odd body", "body": "b"}, modern=modern))
+
+
+def _sdk_twin(base_url: str) -> Any:
+    """The bare SDK (its own stateless JSON app, no auth) with a ``create_note`` of the same signature."""
+    mcp = MCPServer("twin", log_level="WARNING")
+
+    @mcp.tool()
+    async def create_note(title: str, body: str = "") -> dict[str, str]:
+        """Stands in for the real tool: the SDK's answer depends on parsing and dispatch, not on this body."""
+        return {"title": title}
+
+    return mcp.streamable_http_app(json_response=True, stateless_http=True)
+
+
+@pytest.fixture(scope="module")
+def server_and_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer, Path, str]]:
+    db = tmp_path_factory.mktemp("odd") / "notes.db"
+    with dev_server(db) as srv, running_server(factory=_sdk_twin, lifespan="on") as sdk:
+        yield srv, db, sdk + "/mcp"
+
+
+def _note_count(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM notes").fetchone()[0])
+
+
+_ODD_CASES = [(modern, case) for modern in (False, True) for case in _note_bodies(modern)]
+
+
+@pytest.mark.parametrize(("modern", "case"), _ODD_CASES)
+def test_odd_body_gets_the_sdks_answer_and_runs_a_tool_only_where_the_sdk_would(
+    server_and_sdk: tuple[DevServer, Path, str], modern: bool, case: str
+) -> None:
+    srv, db, sdk = server_and_sdk
+    raw = _note_bodies(modern)[case]
+    headers = {**JSON_HEADERS, **(modern_headers("create_note") if modern else LEGACY_HEADERS)}
+    expected = outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
+    before = _note_count(db)
+    ours = outcome(srv.rpc(srv.token("dev-full"), None, headers, raw=raw))
+    assert ours == expected
+    assert ours[0] != 500
+    assert _note_count(db) == before + (1 if expected[1] == "result" else 0)  # the tool ran iff the SDK's would
+
+
+@pytest.mark.parametrize(("modern", "case"), _ODD_CASES)
+def test_odd_body_with_a_read_token_never_writes(
+    server_and_sdk: tuple[DevServer, Path, str], modern: bool, case: str
+) -> None:
+    srv, db, sdk = server_and_sdk
+    raw = _note_bodies(modern)[case]
+    headers = {**JSON_HEADERS, **(modern_headers("create_note") if modern else LEGACY_HEADERS)}
+    expected = outcome(httpx.post(sdk, content=raw, headers=headers, timeout=10))
+    before = _note_count(db)
+    ours = outcome(srv.rpc(srv.token("dev-read"), None, headers, raw=raw))
+    # Where the SDK would run the tool, the gate saw the same name and refused it; elsewhere a refusal,
+    # the gate's (it saw create_note) or the SDK's.
+    assert ours == (403, FORBIDDEN) if expected[1] == "result" else ours in ((403, FORBIDDEN), expected)
+    assert _note_count(db) == before

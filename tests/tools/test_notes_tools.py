@@ -135,18 +135,21 @@ async def test_write_without_write_permission_is_refused_and_stores_nothing(
         async with Client(server) as client:
             result = await client.call_tool("create_note", {"title": "sneaky"})
     assert result.is_error
-    # The SDK hides the text of non-ToolError exceptions; the HTTP gate gives the 403 challenge.
+    # The refusal names the permission, never the arguments; the HTTP gate gives the 403 challenge.
     assert "sneaky" not in str(result.content)
     assert store.sync.list(SINGLE_TENANT, 100) == []
 
 
 async def test_refused_write_raises_insufficient_scope_naming_the_missing_permission(server: MCPServer) -> None:
     with acting_as(make_token("reader-app", "api_read_access")):
-        with pytest.raises(UnexpectedToolError) as caught:
+        with pytest.raises(ToolError) as caught:
             await server.call_tool("delete_note", {"note_id": 1})
+    assert not isinstance(caught.value, UnexpectedToolError)  # a refusal, not a crash
     cause = caught.value.__cause__
     assert isinstance(cause, InsufficientScope)
     assert cause.missing == {"api_write_access"}
+    assert str(caught.value) == ("Error executing tool delete_note: insufficient_scope: this tool needs permission "
+                                 "api_write_access, which the access token does not grant")
 
 
 async def test_read_without_read_permission_is_refused(server: MCPServer, store: SQLiteStore) -> None:
