@@ -19,8 +19,9 @@ Sources, in `load_downstreams`::
                       "resource": "urn:sap:identity:application:provider:name:backend"},
                       "s4": {"destination": "S4_ORDERS"}}'
     VCAP_SERVICES   user-provided services tagged "mcp-downstream" (the service name is the
-                    downstream's name, its credentials the same object), the server's own
-                    identity (or xsuaa) binding for its credentials, a "destination" binding
+    (or bindings    downstream's name, its credentials the same object), the server's own
+    mounted under   identity (or xsuaa) binding for its credentials, a "destination" binding
+    SERVICE_BINDING_ROOT, read by the same rules as the auth layer's)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .._errors import ConfigError
+from .._service_bindings import service_bindings
 from .._settings import check_issuer_url
 from ..client._credentials import ClientCredentials, credentials_from_env
 from ..client._exchange import ExchangeGrant, ExchangeTarget
@@ -134,13 +136,15 @@ class DestinationBinding:
         check_issuer_url(self.service_url.rstrip("/"), "VCAP_SERVICES[destination].credentials.uri")
 
     @classmethod
-    def from_binding(cls, credentials: Mapping[str, Any], *, name: str = "destination") -> DestinationBinding:
-        """From the ``credentials`` of a ``destination`` binding in ``VCAP_SERVICES``.
+    def from_binding(
+        cls, credentials: Mapping[str, Any], *, name: str = "destination", where: str | None = None
+    ) -> DestinationBinding:
+        """From the ``credentials`` of a ``destination`` binding (``VCAP_SERVICES`` or a mounted one).
 
         Raises:
-            ConfigError: naming the binding key at fault.
+            ConfigError: naming the binding key at fault (under ``where``).
         """
-        where = f"VCAP_SERVICES[{name}].credentials"
+        where = where or f"VCAP_SERVICES[{name}].credentials"
         uri = credentials.get("uri")
         if not isinstance(uri, str) or not uri:
             raise ConfigError(f"{where}.uri", "is missing from the destination binding")
@@ -273,7 +277,7 @@ def _server_credentials(env: Mapping[str, str], vcap: Mapping[str, Any]) -> Clie
         raise ConfigError("MCP_DOWNSTREAM_BINDING", f"{len(found)} identity/xsuaa services are bound; name one")
     label, binding = found[0]
     creds = binding.get("credentials")
-    where = f"VCAP_SERVICES[{binding.get('name', label)}].credentials"
+    where = str(binding.get("source") or f"VCAP_SERVICES[{binding.get('name', label)}].credentials")
     if not isinstance(creds, dict):
         raise ConfigError(where, "is missing")
     return credentials_from_binding(creds, where=where, label=label)
@@ -292,9 +296,10 @@ def _destination_binding(env: Mapping[str, str], vcap: Mapping[str, Any]) -> Des
         raise ConfigError("MCP_DESTINATION_SERVICE", f"{len(bindings)} destination services are bound; name one")
     creds = bindings[0].get("credentials")
     name = str(bindings[0].get("name") or "destination")
+    where = str(bindings[0].get("source") or f"VCAP_SERVICES[{name}].credentials")
     if not isinstance(creds, dict):
-        raise ConfigError(f"VCAP_SERVICES[{name}].credentials", "is missing")
-    return DestinationBinding.from_binding(creds, name=name)
+        raise ConfigError(where, "is missing")
+    return DestinationBinding.from_binding(creds, name=name, where=where)
 
 
 # --------------------------------------------------------------------------- downstreams
@@ -326,6 +331,11 @@ def parse_downstream(name: str, item: object, *, where: str, default_timeout: fl
     if mode is None:
         raise ConfigError(f"{where}.mode", "is required: as-server, on-behalf-of or destination")
     timeout = item.get("timeout", default_timeout)
+    if isinstance(timeout, str):  # a mounted binding's file holds text
+        try:
+            timeout = float(timeout)
+        except ValueError:
+            pass
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
         raise ConfigError(f"{where}.timeout", f"must be a number of seconds, got {timeout!r}")
     target = None
@@ -366,7 +376,7 @@ def _grant(value: str) -> ExchangeGrant:
 
 
 def load_downstreams(env: Mapping[str, str]) -> DownstreamSettings:
-    """Build `DownstreamSettings` from the environment and ``VCAP_SERVICES`` (pure).
+    """Build `DownstreamSettings` from the environment, ``VCAP_SERVICES`` and ``SERVICE_BINDING_ROOT``.
 
     ``MCP_DOWNSTREAMS`` (a JSON object of downstreams by name) and user-provided services tagged
     ``mcp-downstream``; ``MCP_DOWNSTREAM_TIMEOUT`` is the default deadline per call (10 s). The
@@ -375,15 +385,12 @@ def load_downstreams(env: Mapping[str, str]) -> DownstreamSettings:
     binding ``MCP_DOWNSTREAM_BINDING`` names, else the identity binding. The Destination service:
     the ``destination`` binding (``MCP_DESTINATION_SERVICE`` names one of several).
 
+    Pure but for reading the mounted bindings.
+
     Raises:
         ConfigError: a setting is missing or invalid; the message names it.
     """
-    try:
-        vcap = json.loads(env.get("VCAP_SERVICES") or "{}")
-    except ValueError:
-        raise ConfigError("VCAP_SERVICES", "is not valid JSON") from None
-    if not isinstance(vcap, dict):
-        raise ConfigError("VCAP_SERVICES", "must be a JSON object")
+    vcap = service_bindings(env)
     raw_timeout = env.get("MCP_DOWNSTREAM_TIMEOUT", "").strip()
     try:
         default_timeout = float(raw_timeout) if raw_timeout else DEFAULT_TIMEOUT_S
@@ -408,7 +415,7 @@ def load_downstreams(env: Mapping[str, str]) -> DownstreamSettings:
             if not isinstance(binding, dict) or DOWNSTREAM_TAG not in (binding.get("tags") or ()):
                 continue
             name = str(binding.get("name") or "")
-            where = f"VCAP_SERVICES[{name[:64]}].credentials"
+            where = str(binding.get("source") or f"VCAP_SERVICES[{name[:64]}].credentials")
             if name in downstreams:
                 raise ConfigError(where, f"downstream {name!r} is also in MCP_DOWNSTREAMS")
             downstreams[name] = parse_downstream(

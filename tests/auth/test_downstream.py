@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,6 +86,27 @@ def test_downstreams_from_the_environment_and_bindings() -> None:
     binding = settings.destination_service
     assert binding is not None and binding.service_url.endswith("hana.ondemand.com")
     assert binding.credentials.token_endpoint == "https://sub.authentication.eu10.hana.ondemand.com/oauth/token"
+
+
+def test_downstreams_and_credentials_from_mounted_bindings(tmp_path: Path) -> None:
+    """Kyma: servicebinding.io folders under SERVICE_BINDING_ROOT, one text file per entry."""
+    files = {
+        "orders": {"type": "mcp-downstream", "url": "https://orders.example\n", "mode": "on-behalf-of",
+                   "resource": TARGET, "timeout": "4"},
+        "ias": {"type": "identity", "clientid": "srv", "clientsecret": "pw", "url": "https://t.accounts.ondemand.com"},
+    }
+    for folder, entries in files.items():
+        (tmp_path / folder).mkdir()
+        for name, value in entries.items():
+            (tmp_path / folder / name).write_text(value)
+    settings = load_downstreams({"SERVICE_BINDING_ROOT": str(tmp_path)})
+    orders = settings.downstreams["orders"]
+    assert (orders.mode, orders.url, orders.timeout_s) == ("on-behalf-of", "https://orders.example", 4.0)
+    assert settings.credentials is not None and settings.credentials.client_id == "srv"
+    (tmp_path / "orders" / "mode").write_text("sideways")
+    with pytest.raises(ConfigError) as bad:
+        load_downstreams({"SERVICE_BINDING_ROOT": str(tmp_path)})
+    assert "orders" in bad.value.setting and bad.value.setting.endswith(".mode")
 
 
 def test_no_downstreams_is_falsy_settings() -> None:
