@@ -285,15 +285,7 @@ class TokenProvider:
             ConfigError: an empty subject token, or an actor token with ``jwt-bearer``.
         """
         resource = target.resource or self._credentials.resource
-        form = exchange_request_form(
-            self._credentials,
-            subject_token,
-            target,
-            resource=resource,
-            actor_token=actor_token,
-            actor_token_type=actor_token_type,
-        )
-        endpoint = await self.token_endpoint()
+        endpoint = self._token_endpoint or await self.token_endpoint()
         key = (
             "exchange",
             endpoint,
@@ -305,7 +297,15 @@ class TokenProvider:
         )
         cached = self._exchanged.get(key)
         if cached is not None and not force_refresh and self._clock() < cached.refresh_at:
-            return cached
+            return cached  # the hit: a digest and a dict lookup, no form, no I/O
+        form = exchange_request_form(
+            self._credentials,
+            subject_token,
+            target,
+            resource=resource,
+            actor_token=actor_token,
+            actor_token_type=actor_token_type,
+        )
 
         async def fetch() -> IssuedToken:
             issued = await self._request_token(endpoint, form, resource, target)
