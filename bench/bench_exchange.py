@@ -46,15 +46,15 @@ ANSWER = b'{"access_token":"h.p.s","token_type":"Bearer","expires_in":3600}'
 
 
 def build_issuer(base_url: str, key_file: str) -> object:
-    from server._dev_exchange import DevApplication, ExchangingDevIssuer
-    from server._dev_issuer import DevClient
+    from auth.testing import Audience
+    from server._dev_issuer import DevClient, DevIssuer
 
     key = serialization.load_pem_private_key(Path(key_file).read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    return ExchangingDevIssuer(
+    return DevIssuer(
         base_url,
         extra_clients={SERVER[0]: DevClient(SERVER[1], ("backend_read",))},
-        applications=[DevApplication("dev-backend", "notes-backend")],
+        applications=[Audience("dev-backend", (), "notes-backend")],
         private_key=key,
         app_tid="bench",
     )

@@ -24,10 +24,10 @@ from starlette.routing import BaseRoute, Mount
 from auth import ConfigError
 from auth.client import ClientCredentials, ExchangeTarget, ias_resource
 from auth.downstream import DestinationBinding, Downstream, DownstreamSettings, load_downstreams
+from auth.testing import Audience
 
 from ._dev_backend import BACKEND_CLIENT_ID, BACKEND_NAME, BACKEND_PATH, BACKEND_READ, backend_app, backend_settings
 from ._dev_destination import DESTINATION_PATH, DESTINATION_SERVICE_CLIENT_ID, DevDestinationService
-from ._dev_exchange import DevApplication
 from ._dev_issuer import DevClient
 
 __all__ = ["DEV_DOWNSTREAMS", "DevOnward", "dev_onward", "onward_clients", "onward_applications"]
@@ -53,11 +53,11 @@ def onward_clients() -> dict[str, DevClient]:
     }
 
 
-def onward_applications(base_url: str) -> list[DevApplication]:
+def onward_applications(base_url: str) -> list[Audience]:
     """The applications besides the MCP server: the backend, and the Destination service."""
     return [
-        DevApplication(BACKEND_CLIENT_ID, BACKEND_NAME, (base_url + BACKEND_PATH,)),
-        DevApplication(DESTINATION_SERVICE_CLIENT_ID, DESTINATION_SERVICE_NAME),
+        Audience(BACKEND_CLIENT_ID, (base_url + BACKEND_PATH,), BACKEND_NAME),
+        Audience(DESTINATION_SERVICE_CLIENT_ID, (), DESTINATION_SERVICE_NAME),
     ]
 
 

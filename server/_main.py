@@ -5,6 +5,10 @@ certificates: a CA, a server certificate and the ``dev-x509`` client certificate
 at start into ``MCP_DEV_CERTS_DIR`` (default ``data/dev-certs``), the dev issuer authenticates
 ``dev-x509`` by its certificate (``tls_client_auth``) and binds tokens to the presented
 certificate, and the server checks certificate-bound tokens (``cert_binding="if-bound"``).
+
+``MCP_DEV_ISSUER=http://127.0.0.1:<port>`` makes ``--dev`` trust a standalone local issuer
+(``btp-mcp-issuer``, `auth.testing`) instead of mounting its own, so several instances accept
+one token: audience ``mcp-dev-server`` or the instance's URL (if the issuer lists it as a resource).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -29,8 +34,15 @@ from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
 from auth.downstream import DownstreamSettings
 
 from ._app import create_app
-from ._dev_exchange import ExchangingDevIssuer
-from ._dev_issuer import DEFAULT_CLIENTS, DEV_CLIENTS_SETTING, DevClient, DevIssuer, parse_dev_clients, startup_banner
+from ._dev_issuer import (
+    DEFAULT_CLIENTS,
+    DEV_CLIENTS_SETTING,
+    DEV_ISSUER_SETTING,
+    DevClient,
+    DevIssuer,
+    parse_dev_clients,
+    startup_banner,
+)
 from ._dev_onward import DevOnward, dev_onward, onward_applications, onward_clients
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
@@ -43,20 +55,56 @@ log = logging.getLogger("server")
 
 
 DEV_X509_APIS = ("api_read_access", "api_write_access")
+DEV_AUDIENCE = "mcp-dev-server"
+
+
+def shared_dev_issuer(env: Mapping[str, str], *, mtls: bool) -> str | None:
+    """The standalone issuer ``--dev`` trusts instead of its own (``MCP_DEV_ISSUER``), or None (pure).
+
+    Raises:
+        ConfigError: naming ``MCP_DEV_ISSUER`` (not a loopback http(s) URL, or with ``--mtls``), or
+            ``MCP_DEV_CLIENTS`` (the shared issuer has its own clients).
+    """
+    url = env.get(DEV_ISSUER_SETTING, "").strip().rstrip("/")
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    if parts is None or parts.scheme not in ("http", "https") or not is_loopback_host(host) or (
+            parts.query or parts.fragment or parts.username):
+        raise ConfigError(DEV_ISSUER_SETTING, f"must be a local issuer's http URL on a loopback address, got {url!r}")
+    if mtls:
+        raise ConfigError(DEV_ISSUER_SETTING, "is not used with --mtls (the embedded issuer does X.509)")
+    if env.get(DEV_CLIENTS_SETTING, "").strip():
+        raise ConfigError(
+            DEV_CLIENTS_SETTING, f"is not used with {DEV_ISSUER_SETTING}: give the clients to that issuer (--client)"
+        )
+    return url
 
 
 def dev_settings(
     env: Mapping[str, str],
     base_url: str,
-    issuer: DevIssuer,
+    issuer: DevIssuer | str,
     *,
     cert_binding: Literal["off", "if-bound", "required"] = "off",
     downstreams: DownstreamSettings | None = None,
 ) -> ServerSettings:
-    """Settings for dev mode: trust only the embedded issuer, serve at ``base_url``."""
+    """Settings for dev mode: trust only the dev issuer, serve at ``base_url``.
+
+    ``issuer`` is the embedded `DevIssuer`, or the URL of a shared standalone issuer
+    (``MCP_DEV_ISSUER``), whose tokens must then name ``mcp-dev-server`` or this server's URL.
+    """
     resource_url = base_url + MCP_PATH
+    if isinstance(issuer, str):
+        issuer_url, audience = issuer, DEV_AUDIENCE
+    else:
+        issuer_url, audience = issuer.issuer, issuer.server_client_id
     auth = AuthSettings(
-        issuers=(IssuerConfig(issuer=issuer.issuer, audiences=(issuer.server_client_id, resource_url)),),
+        issuers=(IssuerConfig(issuer=issuer_url, audiences=(audience, resource_url)),),
         resource_url=resource_url,
         resource_name="Notes MCP server (dev)",
         cert_binding=cert_binding,
@@ -144,6 +192,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     certs: DevCerts | None = None
     extra_clients: dict[str, DevClient] = {}
+    shared: str | None = None
     verifier: JWTVerifier | None = None
     onward: DevOnward | None = None
     tls: dict[str, Any] = {}
@@ -157,6 +206,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             host = env.get("HOST", "").strip() or "127.0.0.1"
             if not is_loopback_host(host):
                 raise ConfigError("HOST", f"--dev binds only to a loopback address, got {host!r}")
+            shared = shared_dev_issuer(env, mtls=args.mtls)
             preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True)
             if args.mtls:
                 certs_dir = Path(env.get("MCP_DEV_CERTS_DIR", "").strip() or DEV_CERTS_DIR)
@@ -172,28 +222,30 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             extra_clients = parse_dev_clients(
                 env.get(DEV_CLIENTS_SETTING, ""), reserved=[*DEFAULT_CLIENTS, *onward_clients()]
             )
-            apps = onward_applications(base_url)  # onward calls: the example backend, the Destination service
-            if certs is None:
-                issuer = ExchangingDevIssuer(base_url, extra_clients={**onward_clients(), **extra_clients},
-                                             applications=apps)
+            routes: list[Any] = []
+            if shared is not None:
+                settings = dev_settings(dev_env, base_url, shared)
+            elif certs is None:
+                # Onward calls: the server's own client, the example backend and a Destination service look-alike.
+                issuer = DevIssuer(base_url, extra_clients={**onward_clients(), **extra_clients},
+                                   applications=onward_applications(base_url))
                 onward = dev_onward(base_url, issuer.issuer, issuer.token_endpoint, env)
                 settings = dev_settings(dev_env, base_url, issuer, downstreams=onward.downstreams)
+                routes = [*issuer.well_known_routes(), issuer.mount(), *onward.routes]
             else:
                 x509_client = DevClient(None, DEV_X509_APIS, certificate_thumbprint=certs.client_thumbprint)
-                issuer = ExchangingDevIssuer(
-                    base_url, extra_clients={**onward_clients(), **extra_clients, certs.client_id: x509_client},
-                    applications=apps,
-                )
+                issuer = DevIssuer(base_url, extra_clients={**extra_clients, certs.client_id: x509_client})
                 settings = dev_settings(dev_env, base_url, issuer, cert_binding="if-bound")
                 jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
                 verifier = JWTVerifier(settings.auth, client=jwks_client)
                 tls = uvicorn_tls_options(certs.server_cert, certs.server_key, certs.ca)
+                routes = [*issuer.well_known_routes(), issuer.mount()]
             audit = configure_logging(settings.log_level)
-            routes = [*issuer.well_known_routes(), issuer.mount(), *(onward.routes if onward else [])]
             app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit)
         else:
-            if env.get(DEV_CLIENTS_SETTING, "").strip():
-                raise ConfigError(DEV_CLIENTS_SETTING, "is only used with --dev")
+            for name in (DEV_CLIENTS_SETTING, DEV_ISSUER_SETTING):
+                if env.get(name, "").strip():
+                    raise ConfigError(name, "is only used with --dev")
             settings = load_server_settings(env)
             tls = _tls_options(settings)
             audit = configure_logging(settings.log_level)
@@ -207,7 +259,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     log.info("auth configuration", extra={"audit": auth_summary(settings.auth)})
     if settings.dev:
-        banner: dict[str, Any] = {"extra_clients": extra_clients}
+        banner: dict[str, Any] = {"extra_clients": extra_clients, "shared_issuer": shared}
         if certs is not None:
             banner |= {
                 "ca_file": str(certs.ca.resolve()),

@@ -60,6 +60,7 @@ def test_installing_the_project_adds_only_the_typed_auth_package_and_its_console
     assert "server" not in found["top_level"] and "tools" not in found["top_level"]
     assert found["py_typed"] and found["in_venv"]
     assert (venv / "bin" / "btp-mcp-auth").is_file()
+    assert (venv / "bin" / "btp-mcp-issuer").is_file()  # the local issuer (auth.testing)
 
     metadata = subprocess.run([str(python), "-I", "-c",
                                "import importlib.metadata as m; d = m.distribution('btp-mcp-oauth');"
@@ -69,3 +70,4 @@ def test_installing_the_project_adds_only_the_typed_auth_package_and_its_console
     assert license_expression == "Apache-2.0"
     assert "licenses/LICENSE" in record
     assert not any(line.startswith(("server/", "tools/")) for line in record.splitlines())
+    assert "auth/testing/__init__.py" in record and "auth/testing/pytest_plugin.py" in record

@@ -11,7 +11,9 @@ Conventions (also stated in the README's "Repository layout"):
 
 The test starts ``python -m server --dev`` and ``python -m server --dev --mtls`` on free ports
 (the walkthrough's ``MCP_DEV_CLIENTS`` set) and rewrites ``http://127.0.0.1:8080`` and
-``https://127.0.0.1:8080`` in the snippets to them. Each snippet runs with ``HOME`` in a fresh
+``https://127.0.0.1:8080`` in the snippets to them. Ports 8090 to 8099 (the local issuer and a
+user's own servers in ``docs/local-issuer.md``, which a snippet starts itself) become free ports,
+the same number the same port within one snippet. Each snippet runs with ``HOME`` in a fresh
 temporary folder, the working directory where ``--dev --mtls`` wrote ``data/dev-certs``, this
 interpreter first on ``PATH`` and the repository on ``PYTHONPATH``; bash runs with ``-e -o pipefail``.
 """
@@ -144,9 +146,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running,
         yield plain, mtls
 
 
+_OWN_PORTS = re.compile(r"(?<![\d.])809\d(?!\d)")  # 8090-8099: servers a snippet starts itself
+
+
 def localized(code: str, plain: Running, mtls: Running) -> str:
     code = code.replace("https://127.0.0.1:8080", mtls.base_url)
-    return code.replace("http://127.0.0.1:8080", plain.base_url)
+    code = code.replace("http://127.0.0.1:8080", plain.base_url)
+    ports: dict[str, int] = {}
+
+    def own_port(match: re.Match[str]) -> str:
+        while match.group(0) not in ports:
+            port = free_port()
+            if port not in ports.values():
+                ports[match.group(0)] = port
+        return str(ports[match.group(0)])
+
+    return _OWN_PORTS.sub(own_port, code)
 
 
 @pytest.mark.parametrize("snippet", RUNNABLE, ids=[s.id for s in RUNNABLE])

@@ -41,7 +41,7 @@ from auth.downstream import (
 from auth.downstream._destination import certificate_bundle, parse_destination
 from server._dev_backend import BACKEND_PATH, backend_app, backend_settings
 from server._dev_destination import DESTINATION_PATH, DevDestinationService
-from server._dev_exchange import ExchangingDevIssuer
+from server._dev_issuer import DevIssuer
 from server._dev_onward import DESTINATION_CLIENT, SERVER_CLIENT, onward_applications, onward_clients
 from tests._certs import TestCA
 from tests._live import running_server
@@ -240,7 +240,7 @@ def test_keystores_open_from_p12_and_pem(client_identity: tuple[TestCA, Any]) ->
 @dataclass
 class World:
     base_url: str
-    issuer: ExchangingDevIssuer
+    issuer: DevIssuer
     service: DevDestinationService
     tls_url: str
     ca: TestCA
@@ -274,7 +274,7 @@ def world(client_identity: tuple[TestCA, Any], tmp_path_factory: pytest.TempPath
         built: list[World] = []
 
         def factory(base_url: str) -> Any:
-            issuer = ExchangingDevIssuer(base_url, extra_clients=onward_clients(),
+            issuer = DevIssuer(base_url, extra_clients=onward_clients(),
                                          applications=onward_applications(base_url))
             common = {"Type": "HTTP", "URL": base_url + BACKEND_PATH, "tokenServiceURL": issuer.token_endpoint,
                       "clientId": SERVER_CLIENT[0], "clientSecret": SERVER_CLIENT[1],

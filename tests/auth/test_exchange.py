@@ -1,8 +1,8 @@
-"""Token exchange on the calling side: RFC 7523 JWT bearer and RFC 8693, against the dev issuer over HTTP.
+"""Token exchange: RFC 7523 JWT bearer and RFC 8693, the calling side against the library's local issuer.
 
-The issuer is the dev issuer with its exchange grants (`server._dev_exchange`), served by uvicorn
-on 127.0.0.1; exchanged tokens are checked with this layer's own `JWTVerifier`, as the downstream
-API would. Clocks are injected where time would otherwise pass.
+The issuer is `auth.testing.Issuer` with its exchange grants, served by uvicorn on 127.0.0.1 (as
+``--dev`` mounts it); exchanged tokens are checked with this layer's own `JWTVerifier`, as the
+downstream API would. Clocks are injected where time would otherwise pass.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
 from auth.client import (
@@ -42,8 +42,8 @@ from auth.client._exchange import (
     looks_like_jwt,
     token_digest,
 )
-from server._dev_exchange import DevApplication, ExchangingDevIssuer
-from server._dev_issuer import DevClient
+from auth.testing import DEFAULT_CLIENTS, Audience, Issuer, RegisteredClient
+from auth.testing._grants import JWT_BEARER as LIBRARY_JWT_BEARER
 from tests._live import free_port, running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,47 +51,48 @@ pytestmark = pytest.mark.timeout(60)
 BACKEND = "dev-backend"
 BACKEND_RESOURCE = ias_resource(name="notes-backend")
 SERVER = ("mcp-dev-server", "mcp-dev-server-secret")
-CLIENTS = {
-    SERVER[0]: DevClient(SERVER[1], ("backend_read",)),
-    "other-app": DevClient("other-app-secret", ("backend_read",)),
-}
+CLIENTS = (
+    *DEFAULT_CLIENTS,
+    RegisteredClient(SERVER[0], SERVER[1], ("backend_read",)),
+    RegisteredClient("other-app", "other-app-secret", ("backend_read",)),
+)
 
 
 @dataclass
-class Issuer:
-    issuer: ExchangingDevIssuer
+class Served:
+    issuer: Issuer
     base_url: str
 
     def credentials(self, client: tuple[str, str] = SERVER) -> ClientCredentials:
         return ClientCredentials(client[0], token_endpoint=self.issuer.token_endpoint, client_secret=client[1])
 
     def caller_token(self, client_id: str = "dev-read", **claims: Any) -> str:
-        """A caller's token as the MCP server receives it: addressed to the server."""
-        return self.issuer.mint(client_id, **claims)
+        """A caller's token as the MCP server receives it: addressed to the server (the first audience)."""
+        return self.issuer.mint(client_id, claims=claims)
 
     def verifier(self, audience: str = BACKEND) -> JWTVerifier:
         settings = AuthSettings(
-            issuers=(IssuerConfig(issuer=self.issuer.issuer, audiences=(audience,)),),
+            issuers=(IssuerConfig(issuer=self.issuer.url, audiences=(audience,)),),
             resource_url=self.base_url + "/dev-backend",
         )
         return JWTVerifier(settings)
 
 
 @pytest.fixture(scope="module")
-def dev_issuer() -> Iterator[Issuer]:
-    built: list[ExchangingDevIssuer] = []
+def dev_issuer() -> Iterator[Served]:
+    built: list[Issuer] = []
 
     def factory(base_url: str) -> Starlette:
-        issuer = ExchangingDevIssuer(
-            base_url,
-            extra_clients=CLIENTS,
-            applications=[DevApplication(BACKEND, "notes-backend", (base_url + "/dev-backend",))],
+        issuer = Issuer(
+            base_url + "/dev-ias",
+            clients=CLIENTS,
+            audiences=[Audience(SERVER[0]), Audience(BACKEND, (base_url + "/dev-backend",), "notes-backend")],
         )
         built.append(issuer)
-        return Starlette(routes=[issuer.mount()])
+        return Starlette(routes=[Mount("/dev-ias", app=issuer.app())])
 
     with running_server(factory=factory) as url:
-        yield Issuer(built[0], url)
+        yield Served(built[0], url)
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -107,7 +108,7 @@ class FakeClock:
         return self.now
 
 
-def provider(issuer: Issuer, **kw: Any) -> TokenProvider:
+def provider(issuer: Served, **kw: Any) -> TokenProvider:
     kw.setdefault("retry", RetryPolicy(attempts=1))
     kw.setdefault("timeout", 5.0)
     return TokenProvider(issuer.credentials(kw.pop("client", SERVER)), **kw)
@@ -116,7 +117,7 @@ def provider(issuer: Issuer, **kw: Any) -> TokenProvider:
 # --------------------------------------------------------------------------- the grants, over HTTP
 
 
-async def test_jwt_bearer_keeps_subject_and_client_names_the_target_and_records_the_actor(dev_issuer: Issuer) -> None:
+async def test_jwt_bearer_keeps_subject_and_client_names_the_target_and_records_the_actor(dev_issuer: Served) -> None:
     caller = dev_issuer.caller_token("dev-read")
     async with provider(dev_issuer) as p:
         issued = await p.exchange(caller, ExchangeTarget("jwt-bearer", resource=BACKEND_RESOURCE))
@@ -129,7 +130,7 @@ async def test_jwt_bearer_keeps_subject_and_client_names_the_target_and_records_
         await dev_issuer.verifier(SERVER[0]).verify(issued.access_token)
 
 
-async def test_token_exchange_by_audience_answers_issued_token_type(dev_issuer: Issuer) -> None:
+async def test_token_exchange_by_audience_answers_issued_token_type(dev_issuer: Served) -> None:
     caller = dev_issuer.caller_token("dev-full")
     target = ExchangeTarget("token-exchange", audience=BACKEND, token_format=None)
     async with provider(dev_issuer) as p:
@@ -138,18 +139,18 @@ async def test_token_exchange_by_audience_answers_issued_token_type(dev_issuer: 
     assert claims["aud"] == [BACKEND] and claims["sub"] == "dev-full" and claims["act"] == {"sub": SERVER[0]}
 
 
-async def test_token_exchange_with_an_actor_token_records_the_actor_and_nests_earlier_ones(dev_issuer: Issuer) -> None:
+async def test_token_exchange_with_an_actor_token_records_the_actor_and_nests_earlier_ones(dev_issuer: Served) -> None:
     earlier = {"sub": "gateway"}
     caller = dev_issuer.caller_token("dev-read", act=earlier)
-    actor = dev_issuer.issuer.mint("robot", apis=None)
+    actor = dev_issuer.issuer.mint("robot", permissions=None)
     target = ExchangeTarget("token-exchange", resource=BACKEND_RESOURCE, token_format=None)
     async with provider(dev_issuer) as p:
         issued = await p.exchange(caller, target, actor_token=actor)
     assert claims_of(issued.access_token)["act"] == {"sub": "robot", "act": earlier}
 
 
-async def test_the_exchanged_token_does_not_outlive_the_subject_token(dev_issuer: Issuer) -> None:
-    caller = dev_issuer.caller_token("dev-read", lifetime=120)
+async def test_the_exchanged_token_does_not_outlive_the_subject_token(dev_issuer: Served) -> None:
+    caller = dev_issuer.issuer.mint("dev-read", lifetime=120)
     async with provider(dev_issuer) as p:
         issued = await p.exchange(caller, ExchangeTarget("jwt-bearer", resource=BACKEND_RESOURCE))
     assert claims_of(issued.access_token)["exp"] == claims_of(caller)["exp"]
@@ -160,13 +161,15 @@ async def test_the_exchanged_token_does_not_outlive_the_subject_token(dev_issuer
     ("make_subject", "target", "error"),
     [
         # a token for another application cannot be exchanged by the server
-        (lambda i: i.issuer.mint("dev-read", aud=["other-app"]), ExchangeTarget(resource=BACKEND_RESOURCE),
+        (lambda i: i.issuer.mint("dev-read", audience="other-app"), ExchangeTarget(resource=BACKEND_RESOURCE),
          "invalid_grant"),
-        (lambda i: i.issuer.mint("dev-read", lifetime=-600), ExchangeTarget(resource=BACKEND_RESOURCE),
+        (lambda i: i.issuer.mint("dev-read", expired=True), ExchangeTarget(resource=BACKEND_RESOURCE),
          "invalid_grant"),
-        (lambda i: i.issuer.mint("dev-read", iss="https://evil.example"), ExchangeTarget(resource=BACKEND_RESOURCE),
+        (lambda i: i.caller_token(iss="https://evil.example"), ExchangeTarget(resource=BACKEND_RESOURCE),
          "invalid_grant"),
-        (lambda i: i.issuer.mint("dev-read", may_act={"sub": "someone-else"}),
+        (lambda i: i.issuer.mint("dev-read", foreign_key=True), ExchangeTarget(resource=BACKEND_RESOURCE),
+         "invalid_grant"),
+        (lambda i: i.caller_token(may_act={"sub": "someone-else"}),
          ExchangeTarget(resource=BACKEND_RESOURCE), "invalid_grant"),
         (lambda i: i.caller_token(), ExchangeTarget(resource=ias_resource(name="nobody")), "invalid_target"),
         (lambda i: i.caller_token(), ExchangeTarget("token-exchange", audience="nobody", token_format=None),
@@ -177,11 +180,12 @@ async def test_the_exchanged_token_does_not_outlive_the_subject_token(dev_issuer
          ExchangeTarget("token-exchange", resource=BACKEND_RESOURCE, token_format=None, subject_token_type="id_token"),
          "invalid_request"),
     ],
-    ids=["not-addressed-to-the-client", "expired", "foreign-issuer", "may-act-someone-else", "unknown-resource",
+    ids=["not-addressed-to-the-client", "expired", "foreign-issuer", "another-key", "may-act-someone-else",
+         "unknown-resource",
          "unknown-audience", "opaque-format", "id-token-subject"],
 )
 async def test_the_issuer_refuses_what_a_real_issuer_refuses(
-    dev_issuer: Issuer, make_subject: Any, target: ExchangeTarget, error: str
+    dev_issuer: Served, make_subject: Any, target: ExchangeTarget, error: str
 ) -> None:
     async with provider(dev_issuer) as p:
         with pytest.raises(TokenRequestRejected) as refused:
@@ -189,16 +193,7 @@ async def test_the_issuer_refuses_what_a_real_issuer_refuses(
     assert refused.value.status == 400 and refused.value.error == error
 
 
-async def test_a_token_signed_with_another_key_is_an_invalid_grant(dev_issuer: Issuer) -> None:
-    stranger = ExchangingDevIssuer(dev_issuer.base_url)  # same issuer URL and kid scheme, another key
-    forged = stranger.mint("dev-read")
-    async with provider(dev_issuer) as p:
-        with pytest.raises(TokenRequestRejected) as refused:
-            await p.exchange(forged, ExchangeTarget(resource=BACKEND_RESOURCE))
-    assert refused.value.error == "invalid_grant"
-
-
-async def test_wrong_client_secret_is_invalid_client(dev_issuer: Issuer) -> None:
+async def test_wrong_client_secret_is_invalid_client(dev_issuer: Served) -> None:
     async with provider(dev_issuer, client=(SERVER[0], "wrong")) as p:
         with pytest.raises(InvalidClient):
             await p.exchange(dev_issuer.caller_token(), ExchangeTarget(resource=BACKEND_RESOURCE))
@@ -217,7 +212,7 @@ async def test_an_unreachable_issuer_fails_within_bounded_time() -> None:
 # --------------------------------------------------------------------------- the cache
 
 
-async def test_one_caller_gets_the_cached_token_another_caller_never_does(dev_issuer: Issuer) -> None:
+async def test_one_caller_gets_the_cached_token_another_caller_never_does(dev_issuer: Served) -> None:
     alice, bob = dev_issuer.caller_token("dev-read"), dev_issuer.caller_token("dev-full")
     target = ExchangeTarget(resource=BACKEND_RESOURCE)
     async with provider(dev_issuer) as p:
@@ -230,7 +225,7 @@ async def test_one_caller_gets_the_cached_token_another_caller_never_does(dev_is
     assert claims_of(other.access_token)["sub"] == "dev-full" and claims_of(first.access_token)["sub"] == "dev-read"
 
 
-async def test_same_subject_for_two_targets_is_two_entries(dev_issuer: Issuer) -> None:
+async def test_same_subject_for_two_targets_is_two_entries(dev_issuer: Served) -> None:
     caller = dev_issuer.caller_token()
     async with provider(dev_issuer) as p:
         one = await p.exchange(caller, ExchangeTarget(resource=BACKEND_RESOURCE))
@@ -239,7 +234,7 @@ async def test_same_subject_for_two_targets_is_two_entries(dev_issuer: Issuer) -
     assert one.access_token != two.access_token
 
 
-async def test_concurrent_exchanges_of_one_token_share_one_request(dev_issuer: Issuer) -> None:
+async def test_concurrent_exchanges_of_one_token_share_one_request(dev_issuer: Served) -> None:
     caller = dev_issuer.caller_token()
     async with provider(dev_issuer) as p:
         results = await asyncio.gather(*(p.exchange(caller, ExchangeTarget(resource=BACKEND_RESOURCE))
@@ -248,7 +243,7 @@ async def test_concurrent_exchanges_of_one_token_share_one_request(dev_issuer: I
     assert len({r.access_token for r in results}) == 1
 
 
-async def test_the_cache_is_bounded_least_recently_used_first(dev_issuer: Issuer) -> None:
+async def test_the_cache_is_bounded_least_recently_used_first(dev_issuer: Served) -> None:
     tokens = [dev_issuer.caller_token(c) for c in ("dev-read", "dev-full", "other-app")]
     target = ExchangeTarget(resource=BACKEND_RESOURCE)
     async with provider(dev_issuer, exchange_cache_size=2) as p:
@@ -261,7 +256,7 @@ async def test_the_cache_is_bounded_least_recently_used_first(dev_issuer: Issuer
         assert p.requests == 4
 
 
-async def test_a_cached_exchange_is_renewed_before_expiry_and_never_kept_past_the_subject(dev_issuer: Issuer) -> None:
+async def test_a_cached_exchange_is_renewed_before_expiry_and_never_kept_past_the_subject(dev_issuer: Served) -> None:
     clock = FakeClock()
     caller = dev_issuer.caller_token()
     target = ExchangeTarget(resource=BACKEND_RESOURCE)
@@ -275,7 +270,7 @@ async def test_a_cached_exchange_is_renewed_before_expiry_and_never_kept_past_th
         assert p.requests == 2
 
 
-async def test_invalidate_forgets_an_exchanged_token(dev_issuer: Issuer) -> None:
+async def test_invalidate_forgets_an_exchanged_token(dev_issuer: Served) -> None:
     caller = dev_issuer.caller_token()
     async with provider(dev_issuer) as p:
         issued = await p.exchange(caller, ExchangeTarget(resource=BACKEND_RESOURCE))
@@ -285,7 +280,7 @@ async def test_invalidate_forgets_an_exchanged_token(dev_issuer: Issuer) -> None
         assert p.requests == 2
 
 
-async def test_nothing_secret_reaches_the_log(dev_issuer: Issuer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_nothing_secret_reaches_the_log(dev_issuer: Served, caplog: pytest.LogCaptureFixture) -> None:
     caller = dev_issuer.caller_token()
     caplog.set_level("DEBUG")
     async with provider(dev_issuer) as p:
@@ -391,3 +386,8 @@ def test_check_exchange_response_passes_a_jwt_and_refuses_a_saml_assertion() -> 
 def test_digests_and_jwt_shape() -> None:
     assert token_digest("a") != token_digest("b") and len(token_digest("a")) == 32
     assert looks_like_jwt("eyJ.eyJ.sig") and not looks_like_jwt("PHNhbWw+") and not looks_like_jwt("a.b")
+
+
+def test_discovery_lists_the_exchange_grants(dev_issuer: Served) -> None:
+    assert dev_issuer.issuer.metadata()["grant_types_supported"] == ["client_credentials", JWT_BEARER, TOKEN_EXCHANGE]
+    assert LIBRARY_JWT_BEARER == JWT_BEARER

@@ -14,11 +14,15 @@ import auth
 import auth.client
 import auth.downstream
 import auth.mcp
+import auth.testing
 
 AUTH_DIR = Path(auth.__file__).parent
 APP_PACKAGES = {"server", "tools"}
-PARTS = [auth, auth.mcp, auth.client, auth.downstream]
-"""The resource-server core, the MCP integration, the calling side and onward calls: one short public API each."""
+PARTS = [auth, auth.mcp, auth.client, auth.downstream, auth.testing]
+"""The resource-server core, the MCP integration, the calling side, onward calls, the local issuer: one short
+public API each."""
+PUBLIC_MODULES = {Path("testing/pytest_plugin.py")}
+"""Named by users (``pytest_plugins = ["auth.testing.pytest_plugin"]``), so not private."""
 
 
 def _public(package: ModuleType) -> list[str]:
@@ -47,7 +51,19 @@ def test_the_tree_shows_the_parts() -> None:
     assert (AUTH_DIR / "mcp" / "__init__.py").is_file()
     assert (AUTH_DIR / "client" / "__init__.py").is_file()
     assert (AUTH_DIR / "downstream" / "__init__.py").is_file()
-    assert all(p.name.startswith("_") for p in AUTH_DIR.rglob("*.py")), "implementation lives in private modules"
+    assert (AUTH_DIR / "testing" / "__init__.py").is_file()
+    assert all(p.name.startswith("_") or p.relative_to(AUTH_DIR) in PUBLIC_MODULES for p in AUTH_DIR.rglob("*.py")), (
+        "implementation lives in private modules")
+
+
+def test_the_testing_part_needs_no_pytest_and_the_core_never_imports_it() -> None:
+    """``auth.testing`` imports without pytest; only its pytest plugin module imports pytest."""
+    probe = ("import sys; sys.modules['pytest'] = None; import auth, auth.testing, auth.mcp, auth.client; "
+             "assert 'auth.testing.pytest_plugin' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    core = sorted(p for p in AUTH_DIR.rglob("*.py") if "testing" not in p.relative_to(AUTH_DIR).parts)
+    assert [p for p in core for module, _ in _imports(p) if "testing" in module] == []
 
 
 def test_the_core_does_not_depend_on_the_calling_side_or_the_mcp_integration() -> None:

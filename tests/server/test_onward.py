@@ -28,8 +28,7 @@ from auth.client import ClientCredentials, ExchangeTarget, ias_resource
 from auth.downstream import Downstream, Downstreams, DownstreamSettings
 from server import create_app
 from server._dev_backend import BACKEND_PATH, backend_app, backend_settings
-from server._dev_exchange import ExchangingDevIssuer
-from server._dev_issuer import DevClient
+from server._dev_issuer import DevClient, DevIssuer
 from server._dev_onward import dev_onward, onward_applications, onward_clients
 from server._main import dev_settings
 from tests._live import free_port, running_server
@@ -68,7 +67,7 @@ class Recorder:
 @dataclass
 class Onward:
     base_url: str
-    issuer: ExchangingDevIssuer
+    issuer: DevIssuer
     recorder: Recorder
     audit: list[tuple[str, dict[str, Any]]]
     hits: dict[str, int]
@@ -106,7 +105,7 @@ def build(base_url: str, db: Path) -> Onward:
     """What ``python -m server --dev`` builds, plus the recorder and the fault routes."""
     parts = urlsplit(base_url)
     clients = {**onward_clients(), "dev-none": DevClient("dev-none-secret", ())}
-    issuer = ExchangingDevIssuer(base_url, extra_clients=clients, applications=onward_applications(base_url))
+    issuer = DevIssuer(base_url, extra_clients=clients, applications=onward_applications(base_url))
     onward = dev_onward(base_url, issuer.issuer, issuer.token_endpoint, {})
     settings_in = onward.downstreams
     downstreams = DownstreamSettings(
@@ -295,7 +294,7 @@ async def test_an_unreachable_identity_service_is_a_tool_error_within_the_deadli
 
 async def test_dev_settings_without_downstreams_register_no_onward_tool(tmp_path: Path) -> None:
     base = "http://127.0.0.1:9"
-    issuer = ExchangingDevIssuer(base)
+    issuer = DevIssuer(base)
     settings = dev_settings({"MCP_NOTES_DB": str(tmp_path / "n.db")}, base, issuer)
     app = create_app(settings)
     assert app.downstreams is None
