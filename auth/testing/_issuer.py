@@ -405,7 +405,7 @@ class Issuer:
             return self._only(method, ("POST",)) or self._token(request)
         if path == "/oauth2/authorize":
             refusal = TokenEndpointError(
-                "unsupported_response_type", "the local issuer has no authorization-code flow (token endpoint grants only)"
+                "unsupported_response_type", "the local issuer has no authorization-code flow"
             )
             return self._only(method, ("GET", "POST")) or _json(400, refusal.body(), refusal.headers())
         return _json(404, {"error": "not_found"})
