@@ -145,7 +145,7 @@ class Downstreams:
         self._settings = settings
         self._owned: list[Any] = []
         if provider is None and settings.credentials is not None:
-            timeout = min(5.0, max(d.timeout_s for d in settings.downstreams.values()))
+            timeout = min(5.0, max((d.timeout_s for d in settings.downstreams.values()), default=5.0))
             provider = TokenProvider(
                 settings.credentials,
                 ca_bundle=settings.ca_file,
@@ -269,7 +269,7 @@ class Downstreams:
                     authentication = authorization.authentication
                     response = await self._send(
                         downstream, authorization, method, path,
-                        params=params, headers=headers, json=json, content=content,
+                        params=params, headers=headers, json=json, content=content, caller_token=caller.token,
                     )
                     status = response.status_code
                     if status != 401 or attempt == 2:
@@ -331,12 +331,13 @@ class Downstreams:
             access = get_access_token()
             if access is not None and access.client_id == principal.client_id:
                 subject_token = access.token
-        needs = downstream.needs_caller or downstream.mode == "destination"
         if subject_token is None and downstream.needs_caller:
             raise DownstreamError(
                 "no_caller", downstream.name, "calls on behalf of the caller, but this request has no caller token"
             )
-        return _Caller(subject_token if needs else None, client_id, expires_in)
+        # Kept in every mode: exchanged (on-behalf-of), offered to a destination that takes it, and
+        # otherwise only looked for in what is about to be sent, so it never is.
+        return _Caller(subject_token, client_id, expires_in)
 
     async def _authorize(self, downstream: Downstream, caller: _Caller, *, fresh: bool = False) -> _Authorization:
         name = downstream.name
@@ -449,16 +450,20 @@ class Downstreams:
         headers: Mapping[str, str] | None,
         json: Any,
         content: bytes | str | None,
+        caller_token: str | None,
     ) -> httpx.Response:
         name = downstream.name
         url = authorization.base_url.rstrip("/") + ("/" + path.lstrip("/") if path else "")
-        sent = {**(headers or {}), **dict(authorization.headers)}
+        ours = {k.lower() for k, _ in authorization.headers}
+        sent = {k: v for k, v in (headers or {}).items() if k.lower() not in ours}  # ours win, never doubled
+        sent.update(authorization.headers)
         if downstream.mode == "destination":
             http = self._http_for(downstream, authorization)
         else:
             http = self._http_for(downstream, _Authorization(authorization.base_url, ()))
         try:
             request = http.build_request(method, url, params=params, headers=sent, json=json, content=content)
+            _refuse_passthrough(name, caller_token, request)
             response = await http.send(request, stream=True)
             try:
                 body = bytearray()
@@ -505,6 +510,24 @@ class Downstreams:
             log.exception("audit write failed")
 
 
+def _refuse_passthrough(name: str, caller_token: str | None, request: httpx.Request) -> None:
+    """Refuse to send the caller's token anywhere in a request: URL, any header, the body.
+
+    The MCP authorization specification forbids forwarding the token the server received; this
+    holds for a tool's own headers, query and body too, not only for the ``Authorization`` we set.
+
+    Raises:
+        DownstreamError: passthrough_refused.
+    """
+    if not caller_token:
+        return
+    needle = caller_token.encode("ascii", "ignore")
+    body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
+    if needle in str(request.url).encode() or needle in body or any(needle in v for _, v in request.headers.raw):
+        log.error("downstream %s: the request carries the caller's own token; refused", name)
+        raise DownstreamError("passthrough_refused", name, "refused to forward the caller's token")
+
+
 class _DownstreamAuth(httpx.Auth):
     """The `Downstreams.client` flow: a token for the current caller, one fresh retry on 401."""
 
@@ -534,6 +557,7 @@ class _DownstreamAuth(httpx.Auth):
                         "timeout", downstream.name, f"no token within {downstream.timeout_s:g} s"
                     ) from None
                 request.headers["Authorization"] = dict(authorization.headers)["Authorization"]
+                _refuse_passthrough(downstream.name, caller.token, request)
                 response = yield request
                 status = response.status_code
                 if status != 401:

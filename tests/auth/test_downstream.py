@@ -467,3 +467,28 @@ async def test_unknown_names_and_destination_clients_are_errors(world: World) ->
         with pytest.raises(DownstreamError):
             downstreams.client("d")  # a destination's URL is the service's to give: request() only
     assert unknown.value.code == "unknown_downstream"
+
+
+@pytest.mark.parametrize("mode", ["on-behalf-of", "as-server"])
+@pytest.mark.parametrize("where", ["header", "query", "body", "path"])
+async def test_a_tool_cannot_forward_the_callers_token_itself(world: World, mode: str, where: str) -> None:
+    caller = world.issuer.mint("dev-read")
+    kwargs: dict[str, Any] = {
+        "header": {"headers": {"X-Original-Token": caller}},
+        "query": {"params": {"token": caller}},
+        "body": {"json": {"forwarded": caller}},
+        "path": {},
+    }[where]
+    path = f"/caller/{caller}" if where == "path" else "/caller"
+    async with Downstreams(world.settings(backend(world, mode))) as downstreams:
+        with pytest.raises(DownstreamError) as failed:
+            await downstreams.request("b", "POST", path, subject_token=caller, **kwargs)
+    assert failed.value.code == "passthrough_refused"
+
+
+async def test_a_tools_own_authorization_header_never_doubles_ours(world: World) -> None:
+    caller = world.issuer.mint("dev-read")
+    async with Downstreams(world.settings(backend(world))) as downstreams:
+        response = await downstreams.request("b", "GET", "/caller", subject_token=caller,
+                                             headers={"authorization": "Bearer something-else"})
+    assert response.status_code == 200 and response.json()["subject"] == "dev-read"
