@@ -391,3 +391,13 @@ def test_digests_and_jwt_shape() -> None:
 def test_discovery_lists_the_exchange_grants(dev_issuer: Served) -> None:
     assert dev_issuer.issuer.metadata()["grant_types_supported"] == ["client_credentials", JWT_BEARER, TOKEN_EXCHANGE]
     assert LIBRARY_JWT_BEARER == JWT_BEARER
+
+
+def test_an_x509_client_names_itself_in_the_exchange_form(tmp_path: Any) -> None:
+    from tests._certs import TestCA
+
+    issued = TestCA(tmp_path).issue_client("mcp-server")
+    creds = ClientCredentials("mcp-server", token_endpoint="https://ias.example/oauth2/token",
+                              certificate=issued.cert_pem.decode(), private_key=issued.key_pem.decode())
+    form = exchange_request_form(creds, "a.b.c", ExchangeTarget(resource=BACKEND_RESOURCE))
+    assert form["client_id"] == "mcp-server" and "client_secret" not in form  # RFC 8705 §2: tls_client_auth
