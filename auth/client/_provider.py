@@ -235,18 +235,8 @@ class TokenProvider:
         now = self._clock()
         if cached is not None and not force_refresh and now < cached.refresh_at:
             return cached
-        try:
-            return await self._flight.run(key, lambda: self._fetch(key))
-        except TokenEndpointUnreachable:
-            if cached is not None and not force_refresh and self._clock() < cached.expires_at:
-                log.warning(
-                    "token refresh failed for client %s at %s; using the cached token (%.0f s left)",
-                    self._credentials.client_id,
-                    endpoint,
-                    cached.expires_at - self._clock(),
-                )
-                return cached
-            raise
+        stale = None if force_refresh else cached
+        return await self._fetch_or_stale(key, lambda: self._fetch(key), stale, endpoint, "token refresh")
 
     def invalidate(self, token: str) -> None:
         """Forget ``token`` (say, a resource server refused it), so the next call fetches anew.
@@ -314,17 +304,30 @@ class TokenProvider:
             self._exchanged.put(key, issued)
             return issued
 
+        stale = None if force_refresh else cached
+        return await self._fetch_or_stale(key, fetch, stale, endpoint, "token exchange")
+
+    async def _fetch_or_stale(
+        self,
+        key: Hashable,
+        fetch: Callable[[], Awaitable[IssuedToken]],
+        stale: IssuedToken | None,
+        endpoint: str,
+        what: str,
+    ) -> IssuedToken:
+        """One shared request for ``key``; when the endpoint is unreachable, ``stale`` while it is unexpired."""
         try:
             return await self._flight.run(key, fetch)
         except TokenEndpointUnreachable:
-            if cached is not None and not force_refresh and self._clock() < cached.expires_at:
+            if stale is not None and self._clock() < stale.expires_at:
                 log.warning(
-                    "token exchange failed for client %s at %s; using the cached token (%.0f s left)",
+                    "%s failed for client %s at %s; using the cached token (%.0f s left)",
+                    what,
                     self._credentials.client_id,
                     endpoint,
-                    cached.expires_at - self._clock(),
+                    stale.expires_at - self._clock(),
                 )
-                return cached
+                return stale
             raise
 
     @property
