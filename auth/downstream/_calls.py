@@ -325,12 +325,13 @@ class Downstreams:
         """
         principal = optional_token()
         client_id = principal.client_id if principal is not None else None
-        expires_in = principal.expires_at - self._wall() if principal is not None else None
+        expires_in = None  # how long the token to exchange stays valid, when known
         if subject_token is None and principal is not None:
             # The SDK's context holds the raw bearer token next to the principal our middleware bound.
             access = get_access_token()
             if access is not None and access.client_id == principal.client_id:
                 subject_token = access.token
+                expires_in = principal.expires_at - self._wall()
         if subject_token is None and downstream.needs_caller:
             raise DownstreamError(
                 "no_caller", downstream.name, "calls on behalf of the caller, but this request has no caller token"
