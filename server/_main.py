@@ -207,7 +207,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             if not is_loopback_host(host):
                 raise ConfigError("HOST", f"--dev binds only to a loopback address, got {host!r}")
             shared = shared_dev_issuer(env, mtls=args.mtls)
-            preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True)
+            preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True,
+                                               downstreams=DownstreamSettings())
             if args.mtls:
                 certs_dir = Path(env.get("MCP_DEV_CERTS_DIR", "").strip() or DEV_CERTS_DIR)
                 try:

@@ -9,6 +9,7 @@ it got was issued for it (``aud`` = the backend) and none of it is a token an MC
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -299,3 +300,19 @@ async def test_dev_settings_without_downstreams_register_no_onward_tool(tmp_path
     app = create_app(settings)
     assert app.downstreams is None
     assert "downstream_whoami" not in {t.name for t in await app.mcp.list_tools()}
+
+
+def test_dev_mode_adds_a_users_downstreams_with_the_dev_servers_credentials() -> None:
+    from auth import ConfigError
+
+    base = "http://127.0.0.1:9"
+    own = {"MCP_DOWNSTREAMS": json.dumps({"mine": {"url": "http://127.0.0.1:9/api", "mode": "as-server",
+                                                   "resource": BACKEND_RESOURCE}})}
+    onward = dev_onward(base, base + "/dev-ias", base + "/dev-ias/oauth2/token", own)
+    assert "mine" in onward.downstreams.downstreams and "backend" in onward.downstreams.downstreams
+    assert onward.downstreams.credentials is not None and onward.downstreams.credentials.client_id == "mcp-dev-server"
+    clash = {"MCP_DOWNSTREAMS": json.dumps({"backend": {"url": "http://127.0.0.1:9/api", "mode": "as-server",
+                                                        "resource": BACKEND_RESOURCE}})}
+    with pytest.raises(ConfigError) as bad:
+        dev_onward(base, base + "/dev-ias", base + "/dev-ias/oauth2/token", clash)
+    assert bad.value.setting == "MCP_DOWNSTREAMS"
