@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +43,10 @@ def protected_resource_metadata(settings: AuthSettings, scopes_supported: Iterab
 
 
 def metadata_routes(
-    settings: AuthSettings, scopes_supported: Iterable[str] = (), *, endpoint_path: str | None = None
+    settings: AuthSettings,
+    scopes_supported: Iterable[str] | Callable[[], Iterable[str]] = (),
+    *,
+    endpoint_path: str | None = None,
 ) -> list[Route]:
     """Routes serving the metadata at the path form and the root form (clients try both).
 
@@ -51,13 +54,26 @@ def metadata_routes(
     they are ``/.well-known/oauth-protected-resource/notes/mcp`` and the root form, at the host
     root, where RFC 9728 §3.1 puts them. An app mounted under ``/notes`` gives these routes to the
     outer app; with ``endpoint_path="/mcp"`` it also serves the path form of its own endpoint
-    (``/notes/.well-known/oauth-protected-resource/mcp`` once mounted).
+    (``/notes/.well-known/oauth-protected-resource/mcp`` once mounted). A callable
+    ``scopes_supported`` is read at each request (the document follows a registry that grows).
     """
-    document = protected_resource_metadata(settings, scopes_supported)
     headers = {"cache-control": "public, max-age=3600", "access-control-allow-origin": "*"}
+    if callable(scopes_supported):
+        read = scopes_supported
+        built: dict[tuple[str, ...], dict[str, Any]] = {}  # one entry: the document of the current scopes
 
-    async def endpoint(_: Request) -> JSONResponse:
-        return JSONResponse(document, headers=headers)
+        async def endpoint(_: Request) -> JSONResponse:
+            scopes = tuple(sorted(set(read())))
+            document = built.get(scopes)
+            if document is None:
+                built.clear()
+                document = built[scopes] = protected_resource_metadata(settings, scopes)
+            return JSONResponse(document, headers=headers)
+    else:
+        fixed = protected_resource_metadata(settings, scopes_supported)
+
+        async def endpoint(_: Request) -> JSONResponse:
+            return JSONResponse(fixed, headers=headers)
 
     path = urlsplit(settings.resource_url).path.rstrip("/")
     own = () if endpoint_path is None else (METADATA_PREFIX + endpoint_path.rstrip("/"),)

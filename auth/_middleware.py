@@ -29,6 +29,19 @@ SCOPE_KEY = "auth.token"
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Any]
 CertificateCheck = Callable[[dict[str, Any], VerifiedToken], None]
+Scopes = Iterable[str] | Callable[[], Iterable[str]]
+"""Scope names for the 401 challenge: fixed, or a callable read at each challenge (a registry that grows)."""
+
+
+def _challenge_scopes(settings: AuthSettings, scopes: Scopes) -> Callable[[], Iterable[str]]:
+    """The configured challenge scopes, else ``scopes`` (read once, or at each call when callable)."""
+    if settings.challenge_scopes is not None:
+        fixed = tuple(settings.challenge_scopes)
+    elif callable(scopes):
+        return scopes
+    else:
+        fixed = tuple(scopes)
+    return lambda: fixed
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b"") -> str:
@@ -103,7 +116,8 @@ class BearerAuthMiddleware:
         protect: path prefixes that need a token (``/mcp`` guards ``/mcp`` and ``/mcp/...``), as the
             app's router sees them: mounted under ``/notes`` (a Starlette ``Mount`` or uvicorn's
             ``root_path``), ``/mcp`` guards ``/notes/mcp``.
-        scopes: what basic use needs, named in the 401 challenge (unless configured).
+        scopes: what basic use needs, named in the 401 challenge (unless configured); a callable is
+            read at each challenge.
         certificate_check: RFC 8705 binding check raising `InvalidToken` on mismatch; by default
             the one ``settings.cert_binding`` and ``settings.trust_forwarded_client_cert`` describe.
     """
@@ -115,14 +129,14 @@ class BearerAuthMiddleware:
         verifier: TokenVerifier,
         settings: AuthSettings,
         protect: Iterable[str] = ("/mcp",),
-        scopes: Iterable[str] = (),
+        scopes: Scopes = (),
         certificate_check: CertificateCheck | None = None,
     ) -> None:
         self.app = app
         self._verifier = verifier
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
-        self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
+        self._scopes = _challenge_scopes(settings, scopes)
         self._certificate_check = certificate_check if certificate_check is not None else _binding_check(settings)
         self._principals = PrincipalCache(settings.resource_url, aliases=settings.permission_aliases)
 
@@ -144,7 +158,7 @@ class BearerAuthMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)
+            await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes())
             return
         user, credentials = self._principals.get(token, raw)  # the raw token keys the SDK's view of it
         scope[SCOPE_KEY] = token
@@ -207,13 +221,14 @@ class RequireToken:
     Args:
         app: the endpoint app (every path it serves needs a principal).
         settings: supplies the resource URL for ``resource_metadata`` in the challenge.
-        scopes: what basic use needs, named in the challenge (unless configured).
+        scopes: what basic use needs, named in the challenge (unless configured); a callable is
+            read at each challenge.
     """
 
-    def __init__(self, app: ASGIApp, *, settings: AuthSettings, scopes: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, *, settings: AuthSettings, scopes: Scopes = ()) -> None:
         self.app = app
         self._metadata_url = resource_metadata_url(settings.resource_url)
-        self._scopes = tuple(settings.challenge_scopes) if settings.challenge_scopes is not None else tuple(scopes)
+        self._scopes = _challenge_scopes(settings, scopes)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if (
@@ -228,4 +243,4 @@ class RequireToken:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes)
+        await send_auth_error(send, exc, resource_metadata=self._metadata_url, scopes=self._scopes())

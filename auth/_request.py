@@ -1,11 +1,12 @@
-"""Pure readings of an ASGI request: the path a router routes on, a CORS preflight, a log-safe string."""
+"""Pure readings of a request: the path a router routes on, a CORS preflight, a log-safe string, a loopback host."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["route_path", "is_preflight", "clip", "CLIP"]
+__all__ = ["route_path", "is_preflight", "clip", "CLIP", "is_loopback_host"]
 
 CLIP = 200
 """Characters of a request-supplied string a log line shows (`clip`)."""
@@ -56,3 +57,13 @@ def clip(text: str, limit: int = CLIP) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}…[+{len(text) - limit} chars]"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding to (or connecting to) ``host`` stays on this machine: ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

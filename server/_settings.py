@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auth import AuthSettings, ConfigError, load_settings
+from auth._request import is_loopback_host
 from auth._service_bindings import service_bindings  # the auth layer's binding reader, shared with the app
 from auth.downstream import DownstreamSettings, load_downstreams
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
@@ -56,16 +57,6 @@ def _port(env: Mapping[str, str], default: int) -> int:
     if not _digits(raw) or not 0 <= int(raw) <= 65535:
         raise ConfigError("PORT", f"must be a TCP port number, got {raw!r}")
     return int(raw)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether binding to ``host`` keeps the server on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def origin_of(url: str) -> str:

@@ -1,10 +1,14 @@
-"""MCP integration: per-tool permissions with the specification's HTTP 403, for the mcp SDK and FastMCP.
+"""MCP integration: permissions on tools, resources and prompts with the specification's HTTP 403 (mcp SDK, FastMCP).
 
     @mcp.tool(name="archive")
     @requires("api_write_access")          # the mark travels with the function, whatever its tool name
     async def archive_note(note_id: int) -> dict[str, object]: ...
 
-    app = protect(mcp, settings)           # metadata, 401/503, 403 gate, tools/list filter, one call
+    @mcp.resource("notes://note/{note_id}")
+    @requires("api_read_access")           # resources, templates and prompts the same way
+    def note(note_id: str) -> str: ...
+
+    app = protect(mcp, settings)           # metadata, 401/503, 403 gate, list filters, stateless JSON, one call
 """
 
 from ._fastmcp import fastmcp_auth, fastmcp_refusals, permission_check

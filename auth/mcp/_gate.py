@@ -1,11 +1,12 @@
-"""Per-tool permission gating for MCP servers over streamable HTTP.
+"""Permission gating for MCP servers over streamable HTTP: tools, resources, templates and prompts.
 
 The MCP SDK's hooks can only answer inside HTTP 200, but the MCP specification asks for
-HTTP 403 with an ``insufficient_scope`` challenge when a call needs more than the token
-grants. `ToolPermissionGate` therefore reads the tool name before dispatch (the JSON-RPC
-body, checked against the ``Mcp-Name`` header when present) and replays the body to the
-SDK. `filter_tools_middleware` hides from ``tools/list`` what the caller could not call.
-`protect` wires the whole layer into an `MCPServer` app in one call.
+HTTP 403 with an ``insufficient_scope`` challenge when a request needs more than the token
+grants. `ToolPermissionGate` therefore reads what a request uses before dispatch (the tool or
+prompt name, the resource URI: the JSON-RPC body, and the ``Mcp-Name`` header when present)
+and replays the body to the SDK. `filter_tools_middleware` hides from ``tools/list``,
+``prompts/list``, ``resources/list`` and ``resources/templates/list`` what the caller could not
+use. `protect` wires the whole layer into an `MCPServer` app in one call.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .._request import clip, route_path
 from .._settings import AuthSettings
 from .._token import VerifiedToken
 from .._verifier import JWTVerifier, TokenVerifier
-from ._tools import _ACTIVE, ToolPermissions
+from ._tools import _ACTIVE, Kind, Listed, ToolPermissions, Unmarked
 
 if TYPE_CHECKING:
     from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
@@ -136,27 +137,15 @@ class ToolPermissionGate:
             await _plain(send, 413, b'{"error":"request_too_large"}')
             return
         message = _parse(body, _modern(scope))
-        names = [*_header_names(scope), *tool_names(message)]
-        required, missing = self._permissions.missing(names, token.permissions)
-        if missing:
-            # Mcp-Name repeats the body name; names are the caller's, so the line shows a bounded part.
-            tool = clip(",".join(dict.fromkeys(n for n in names if n)))
-            audit.info(
-                "tool call denied",
-                extra={
-                    "audit": {
-                        "client_id": clip(token.client_id),
-                        "tool": tool,
-                        "decision": "denied",
-                        "missing": sorted(missing),
-                        "status": 403,
-                        "duration_ms": round((self._clock() - started) * 1000, 2),
-                    }
-                },
-            )
-            exc = InsufficientScope(required, missing, reason=f"tool {tool!r} needs {sorted(required)}")
-            refused = [n for n in dict.fromkeys(names) if not self._permissions.allows(n, token.permissions)]
-            exc.description = refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
+        used = targets(message)
+        used += _header_targets(scope, used)
+        refused, required, missing = self._permissions.refused(used, token.permissions)
+        if refused:
+            refused = list(dict.fromkeys(refused))  # Mcp-Name repeats the body's name
+            _audit_denial(token, list(dict.fromkeys(used)), missing, round((self._clock() - started) * 1000, 2))
+            shown = clip(",".join(n for _, n in refused if n))
+            exc = InsufficientScope(required, missing, reason=f"{shown!r} needs {sorted(required)}")
+            exc.description = _refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
         # Hand the body and its JSON on (the server's endpoint reads them from the scope instead of
@@ -223,13 +212,99 @@ def _modern(scope: dict[str, Any]) -> bool:
 
 
 def _header_names(scope: dict[str, Any]) -> list[str]:
-    """Tool names in ``Mcp-Name`` headers (decoded; an undecodable one counts as a nameless call)."""
+    """Names in ``Mcp-Name`` headers (decoded; an undecodable one counts as a nameless call)."""
     names = []
     for key, value in scope.get("headers", ()):
         if key == b"mcp-name":
             decoded = _decode_name_header(value.decode("latin-1"))
             names.append(decoded if decoded is not None else "")
     return names
+
+
+_NAMED: dict[str, tuple[Kind, str]] = {
+    "tools/call": ("tool", "name"),
+    "prompts/get": ("prompt", "name"),
+    "resources/read": ("resource", "uri"),
+}
+"""Methods whose params name what they use (the SDK's ``NAME_BEARING_METHODS``): kind and params key."""
+_REFERENCES: dict[str, Kind] = {"ref/prompt": "prompt", "ref/resource": "reference"}
+"""``completion/complete`` reference types: a prompt by name, a template or resource by URI (template)."""
+_HEADER_KIND: dict[bytes, Kind] = {method.encode(): kind for method, (kind, _) in _NAMED.items()}
+_AUDIT_FIELD: dict[Kind, str] = {"tool": "tool", "prompt": "prompt", "resource": "resource", "template": "resource",
+                                 "reference": "resource"}
+
+
+def targets(message: object) -> list[tuple[Kind, str]]:
+    """What a JSON-RPC message (or batch) would use, as ``(kind, name)`` (pure).
+
+    ``tools/call`` and ``prompts/get`` by name, ``resources/read`` by URI, ``completion/complete``
+    by its reference (a prompt, or a template or resource); a missing or non-string name gives "".
+    """
+    items = message if isinstance(message, list) else [message]
+    found: list[tuple[Kind, str]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        method = item.get("method")
+        params = item.get("params")
+        params = params if isinstance(params, dict) else {}
+        named = _NAMED.get(method) if isinstance(method, str) else None
+        if named is not None:
+            value = params.get(named[1])
+            found.append((named[0], value if isinstance(value, str) else ""))
+        elif method == "completion/complete":
+            ref = params.get("ref")
+            if isinstance(ref, dict):
+                kind = _REFERENCES.get(str(ref.get("type")))
+                if kind is not None:
+                    value = ref.get("name" if kind == "prompt" else "uri")
+                    found.append((kind, value if isinstance(value, str) else ""))
+    return found
+
+
+def _header_targets(scope: dict[str, Any], body: list[tuple[Kind, str]]) -> list[tuple[Kind, str]]:
+    """The names in ``Mcp-Name`` headers, as what the body's and the ``Mcp-Method`` header's methods use.
+
+    The SDK dispatches on the body and refuses a header that disagrees with it; the gate does not
+    rely on that: each header name is checked as every kind the request could mean (a tool when
+    nothing says otherwise).
+    """
+    names: list[str] = []
+    kinds: list[Kind] = []
+    for key, value in scope.get("headers", ()):
+        if key == b"mcp-name":
+            decoded = _decode_name_header(value.decode("latin-1"))
+            names.append(decoded if decoded is not None else "")
+        elif key == b"mcp-method":
+            kind = _HEADER_KIND.get(value)
+            if kind is not None and kind not in kinds:
+                kinds.append(kind)
+    if not names:
+        return []
+    for kind, _ in body:
+        if kind != "reference" and kind not in kinds:
+            kinds.append(kind)
+    if not kinds:
+        kinds.append("tool")
+    if len(names) == 1 and len(kinds) == 1:
+        return [(kinds[0], names[0])]
+    return [(kind, name) for name in names for kind in kinds]
+
+
+def _audit_denial(token: VerifiedToken, used: list[tuple[Kind, str]], missing: frozenset[str],
+                  duration_ms: float) -> None:
+    """One audit line per refusal, naming what the request used (``tool``, ``prompt``, ``resource``);
+    the names are the caller's, so each field shows a bounded part."""
+    grouped: dict[str, dict[str, None]] = {}
+    for kind, name in used:
+        names = grouped.setdefault(_AUDIT_FIELD[kind], {})
+        if name:
+            names[name] = None
+    fields: dict[str, Any] = {"client_id": clip(token.client_id)}
+    fields |= {field: clip(",".join(names)) for field, names in grouped.items()}
+    fields |= {"decision": "denied", "missing": sorted(missing), "status": 403, "duration_ms": duration_ms}
+    tools_only = all(k == "tool" for k, _ in used)
+    audit.info("tool call denied" if tools_only else "request denied", extra={"audit": fields})
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
@@ -244,6 +319,23 @@ def refusal_text(tools: list[str], missing: frozenset[str]) -> str:
     shown = [t for t in tools if _SAFE_NAME.fullmatch(t)]
     perms = [p for p in sorted(missing) if _SAFE_NAME.fullmatch(p)]
     what = f"Tool {', '.join(shown)}" if shown else "This tool"
+    need = f"permission {' and '.join(perms)}" if perms else "a permission"
+    return f"{what} needs {need}, which the access token does not grant"
+
+
+_LABEL = {"tool": "Tool", "prompt": "Prompt", "resource": "Resource", "template": "Resource template",
+          "reference": "Resource"}
+
+
+def _refusal_text(refused: list[tuple[Kind, str]], missing: frozenset[str]) -> str:
+    """Why a request is refused, naming what it uses and the permissions (pure; see `refusal_text`)."""
+    if all(kind == "tool" for kind, _ in refused) and missing:
+        return refusal_text([name for _, name in refused], missing)
+    shown = [f"{_LABEL[kind]} {name}" for kind, name in refused if _SAFE_NAME.fullmatch(name)]
+    what = ", ".join(shown) if shown else "This request"
+    if not missing:
+        return f"{what} is not available to any access token (no permission declared, and the server denies those)"
+    perms = [p for p in sorted(missing) if _SAFE_NAME.fullmatch(p)]
     need = f"permission {' and '.join(perms)}" if perms else "a permission"
     return f"{what} needs {need}, which the access token does not grant"
 
@@ -300,22 +392,32 @@ async def _plain(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_LISTS: dict[str, tuple[str, str, Listed]] = {
+    "tools/list": ("tools", "name", "tool"),
+    "prompts/list": ("prompts", "name", "prompt"),
+    "resources/list": ("resources", "uri", "resource"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate", "template"),
+}
+"""Listing method -> the result's list, each entry's key, and what the entries are."""
+
+
 def filter_tools_middleware(permissions: ToolPermissions) -> ServerMiddleware[Any]:
-    """An MCP ``ServerMiddleware`` that drops from ``tools/list`` the tools the caller cannot call."""
+    """An MCP ``ServerMiddleware`` that drops from ``tools/list``, ``prompts/list``, ``resources/list``
+    and ``resources/templates/list`` what the caller could not use."""
 
     async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
-        if ctx.method != "tools/list" or result is None:
+        listing = _LISTS.get(ctx.method)
+        if listing is None or result is None:
             return result
+        field, key, kind = listing
         token = optional_token()
-        granted = token.permissions if token is not None else frozenset()
+        allowed = permissions.visible(kind, token.permissions if token is not None else frozenset())
         as_dict = result if isinstance(result, dict) else result.model_dump(by_alias=True, exclude_none=True)
-        tools = as_dict.get("tools")
-        if isinstance(tools, list):
+        entries = as_dict.get(field)
+        if isinstance(entries, list):
             as_dict = dict(as_dict)
-            as_dict["tools"] = [
-                t for t in tools if isinstance(t, dict) and permissions.allows(str(t.get("name", "")), granted)
-            ]
+            as_dict[field] = [e for e in entries if isinstance(e, dict) and allowed(str(e.get(key, "")))]
         return as_dict
 
     return middleware
@@ -329,6 +431,8 @@ def protect(
     verifier: TokenVerifier | None = None,
     app: ASGIApp | None = None,
     path: str = "/mcp",
+    stateless: bool = True,
+    unmarked: Unmarked | None = None,
     routes: Sequence[BaseRoute] = (),
     max_body: int = 1024 * 1024,
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
@@ -337,8 +441,17 @@ def protect(
 
     The result serves the RFC 9728 metadata (path and root form), any extra open ``routes``, and
     the MCP endpoint behind `BearerAuthMiddleware` (401/503) and `ToolPermissionGate` (403); it adds
-    `filter_tools_middleware` to ``mcp`` and runs the SDK's session manager in its lifespan. Call it
-    after every tool is registered: the permission table is read from the registered tools once.
+    `filter_tools_middleware` to ``mcp`` and runs the SDK's session manager in its lifespan.
+
+    The endpoint is the SDK's streamable-HTTP app, stateless with JSON responses (both protocol
+    generations; any instance answers any request, no session to carry), unless
+    ``stateless=False`` (the SDK's sessions and SSE streams) or ``app=`` says otherwise.
+
+    Tools, resources, resource templates and prompts are gated by the marks `requires` left on
+    their functions, read from the server's registry at each request: one registered after this
+    call is gated like one registered before. Resources, templates and prompts without `requires`
+    follow ``unmarked``: any valid token may use them (``"open"``, the default) or none may
+    (``"deny"``); ``scopes_supported`` and the 401 challenge name every permission in use.
 
     The endpoint app itself fails closed: whatever reaches it (any path it serves) without a
     verified principal gets the 401 challenge. Mounted under a prefix (a Starlette ``Mount`` or
@@ -348,26 +461,49 @@ def protect(
     host root and runs `ProtectedApp.lifespan` (``docs/mounting.md``).
 
     Args:
-        mcp: the server, with its tools registered.
+        mcp: the server.
         settings: the auth settings (issuers, resource URL, aliases, implication rules).
-        permissions: defaults to `ToolPermissions.from_server` with the settings' aliases and rules.
+        permissions: defaults to `ToolPermissions.from_server` with the settings' aliases and rules;
+            a table built from a mapping is bound to ``mcp`` (its entries add to the marks).
         verifier: defaults to a `JWTVerifier` over ``settings``, closed when the app shuts down.
-        app: the MCP endpoint app; defaults to ``mcp.streamable_http_app(streamable_http_path=path)``.
+        app: the MCP endpoint app; defaults to ``mcp.streamable_http_app(streamable_http_path=path,
+            stateless_http=stateless, json_response=stateless, max_request_body_size=max_body)``.
         path: the MCP endpoint's path.
+        stateless: serve the SDK's stateless JSON app (the default), or its stateful one (False).
+        unmarked: the policy for resources, templates and prompts without `requires`, ``"open"``
+            or ``"deny"``; defaults to the table's (``"open"`` for the default table).
         routes: open routes served beside the endpoint (health checks, a dev issuer).
         max_body: request body cap of the gate in bytes (413 beyond it).
         lifespan: an async context the app's lifespan enters around the SDK's session manager
             (open a database, say).
+
+    Raises:
+        ValueError: ``unmarked`` differs from the given table's policy, or the table belongs to
+            another server.
     """
     if permissions is None:
-        permissions = ToolPermissions.from_server(mcp, aliases=settings.permission_aliases, implies=settings.implies)
-    mcp.middleware.append(filter_tools_middleware(permissions))
-    endpoint = app if app is not None else cast(ASGIApp, mcp.streamable_http_app(streamable_http_path=path))
+        permissions = ToolPermissions.from_server(
+            mcp, aliases=settings.permission_aliases, implies=settings.implies, unmarked=unmarked or "open"
+        )
+    else:
+        if unmarked is not None and unmarked != permissions.unmarked:
+            raise ValueError(f"unmarked={unmarked!r} differs from the table's {permissions.unmarked!r}: set it on the "
+                             "table (ToolPermissions.from_server(mcp, unmarked=...))")
+        permissions = permissions.bound_to(mcp)
+    table = permissions
+    mcp.middleware.append(filter_tools_middleware(table))
+    endpoint = app if app is not None else cast(ASGIApp, mcp.streamable_http_app(
+        streamable_http_path=path, stateless_http=stateless, json_response=stateless,
+        max_request_body_size=max_body,
+    ))
     owned = verifier is None
     token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
-    scopes = sorted(permissions.all_permissions())
+
+    def scopes() -> list[str]:  # read at each use: the registry may grow after this call
+        return sorted(table.all_permissions())
+
     closed = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
-    gated = ToolPermissionGate(closed, settings=settings, permissions=permissions, protect=(path,), max_body=max_body)
+    gated = ToolPermissionGate(closed, settings=settings, permissions=table, protect=(path,), max_body=max_body)
     guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
 
     @contextlib.asynccontextmanager

@@ -9,7 +9,6 @@ server, so ``auth`` keeps its dependencies; a server that has one can mount `Iss
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .._request import is_loopback_host
 from ._issuer import HttpRequest, Issuer
 from ._keys import load_or_create_key
 from ._oauth import MAX_FORM_BYTES
@@ -36,16 +36,6 @@ log = logging.getLogger("auth.testing")
 
 MAX_CONNECTIONS = 64
 CONNECTION_TIMEOUT = 10.0
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether binding to ``host`` keeps the issuer on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class LocalIssuer:

@@ -38,7 +38,7 @@ from auth._challenge import challenge, error_body, error_headers
 from auth._claims import check_claims, match_issuer
 from auth._jws import b64url_decode, parse_jwks, parse_jws, verify_signature
 from auth._middleware import bearer_token
-from auth.mcp._gate import _header_names, _parse, tool_names
+from auth.mcp._gate import _header_names, _header_targets, _parse, targets, tool_names
 
 from ._cases import AUDIENCE, IAS_DOMAIN, IAS_ISSUER, KEY, KID, Ctx, b64, compact, public_jwk
 
@@ -301,6 +301,36 @@ def test_mcp_name_headers_decode_to_strings_or_count_as_nameless(budget: CpuBudg
         names = _header_names({"headers": headers})
     assert len(names) == sum(1 for k, _ in headers if k == b"mcp-name")
     assert all(isinstance(n, str) for n in names)
+
+
+METHODS = st.sampled_from(["tools/call", "prompts/get", "resources/read", "completion/complete", "tools/list", 1])
+REFS = st.fixed_dictionaries({"type": st.sampled_from(["ref/prompt", "ref/resource", "ref/x", 3]),
+                              "name": json_values, "uri": json_values})
+
+
+@given(message=json_values | st.lists(st.fixed_dictionaries(
+    {"method": METHODS, "params": json_values | st.fixed_dictionaries({"ref": REFS | json_values})}), max_size=5))
+def test_targets_of_any_message_are_known_kinds_and_string_names(message: Any) -> None:
+    used = targets(message)
+    assert all(kind in ("tool", "prompt", "resource", "reference") and isinstance(name, str) for kind, name in used)
+    items = message if isinstance(message, list) else [message]
+    named = sum(1 for m in items if isinstance(m, dict) and m.get("method") in ("tools/call", "prompts/get",
+                                                                                 "resources/read"))
+    assert named <= len(used) <= len(items)
+
+
+@given(headers=st.lists(st.tuples(st.sampled_from([b"mcp-name", b"mcp-method", b"x"]),
+                                  NAME_VALUES | st.sampled_from([b"tools/call", b"prompts/get", b"resources/read"])),
+                        max_size=4),
+       body=st.lists(st.tuples(st.sampled_from(["tool", "prompt", "resource", "reference"]), st.text(max_size=5)),
+                     max_size=3))
+def test_every_mcp_name_header_is_checked_as_some_kind(budget: CpuBudget, headers: list[tuple[bytes, bytes]],
+                                                        body: list[tuple[Any, str]]) -> None:
+    with budget.timed():
+        used = _header_targets({"headers": headers}, body)
+    names = _header_names({"headers": headers})
+    assert {name for _, name in used} == set(names)
+    assert all(kind in ("tool", "prompt", "resource") for kind, _ in used)
 
 
 # --------------------------------------------------------------------------- challenge rendering

@@ -1,7 +1,9 @@
 """`protect(mcp, settings)`: one call wires the whole layer into a plain SDK ``MCPServer``.
 
-Served by uvicorn with the SDK's default (stateful, SSE) streamable-HTTP app, so the SDK's
-session-owner binding reads the ``scope["user"]`` our middleware sets.
+Served by uvicorn with `protect()`'s default app (the SDK's, stateless with JSON responses) and
+with the SDK's stateful one (``stateless=False``: sessions and SSE), whose session-owner binding
+reads the ``scope["user"]`` our middleware sets. ``test_protect_user_app.py`` runs a user's app
+outside the checkout in several processes.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ async def sdk_client(url: str, token: str, mode: str) -> AsyncIterator[Client]:
             yield client
 
 
-@pytest.fixture(scope="module")
-def served(idp: IdP) -> Iterator[str]:
+@pytest.fixture(scope="module", params=[True, False], ids=["stateless", "stateful"])
+def served(request: pytest.FixtureRequest, idp: IdP) -> Iterator[str]:
     def factory(base_url: str) -> Any:
         resource = base_url + "/mcp"
         mcp = MCPServer("protected")
@@ -54,7 +56,7 @@ def served(idp: IdP) -> Iterator[str]:
             return "pong"
 
         settings = settings_for(issuer_config(idp.issuer, audiences=(AUDIENCE, resource)), resource_url=resource)
-        return protect(mcp, settings)
+        return protect(mcp, settings, stateless=request.param)
 
     with running_server(factory=factory, lifespan="on") as base:
         yield base

@@ -208,3 +208,143 @@ def test_two_tables_from_one_server_do_not_share_aliases() -> None:
     a = ToolPermissions.from_server(mcp, aliases={WRITE: "a"})
     b = ToolPermissions.from_server(mcp, aliases={WRITE: "b"})
     assert (a.required("archive"), b.required("archive")) == ({"a"}, {"b"})
+
+
+# -- the server's table reads its registry: late registrations, resources, templates, prompts --------
+
+
+def notes_server() -> MCPServer:
+    mcp = MCPServer("t")
+
+    @mcp.resource("notes://readme")
+    def readme() -> str:
+        return "open"
+
+    @mcp.resource("notes://secret")
+    @requires(WRITE)
+    def secret() -> str:
+        return "s"
+
+    @mcp.resource("notes://note/{note_id}")
+    @requires(READ)
+    def note(note_id: str) -> str:
+        return note_id
+
+    @mcp.prompt()
+    def greet(name: str) -> str:
+        return name
+
+    @mcp.prompt(name="rewrite")
+    @requires(WRITE)
+    def rewrite_text(text: str) -> str:
+        return text
+
+    return mcp
+
+
+def test_a_tool_registered_after_the_table_is_built_is_in_it() -> None:
+    mcp = MCPServer("t")
+    table = ToolPermissions.from_server(mcp, aliases={WRITE: "notes.write"})
+    assert table.required("purge") == frozenset() and "purge" not in table.declared()
+
+    @mcp.tool()
+    @requires(WRITE)
+    def purge() -> str:
+        return "gone"
+
+    assert table.required("purge") == {"notes.write"}
+    assert table.declared()["purge"] == {WRITE}
+    assert table.all_permissions() == {"notes.write"}
+    assert not table.allows("purge", frozenset({WRITE}))  # the alias is what is granted
+    assert table.allows("purge", frozenset({"notes.write"}))
+    mcp.remove_tool("purge")
+    assert table.required("purge") == frozenset() and table.all_permissions() == frozenset()
+
+
+def test_resources_templates_and_prompts_are_looked_up_as_the_sdk_dispatches() -> None:
+    table = ToolPermissions.from_server(notes_server())
+    assert table.needs("resource", "notes://secret") == {WRITE}
+    assert table.needs("resource", "notes://note/7") == {READ}  # a template instance
+    assert table.needs("template", "notes://note/{note_id}") == {READ}
+    assert table.needs("reference", "notes://note/{note_id}") == {READ}
+    assert table.needs("prompt", "rewrite") == {WRITE}
+    assert table.needs("prompt", "rewrite_text") == frozenset()  # not registered under the function's name
+    assert table.needs("resource", "notes://readme") == frozenset()  # unmarked, open
+    assert table.needs("resource", "notes://nothing/here") == frozenset()  # unknown: the SDK answers it
+    assert table.all_permissions() == {READ, WRITE}
+
+
+def test_unmarked_deny_refuses_unmarked_resources_and_prompts_but_not_tools() -> None:
+    mcp = notes_server()
+
+    @mcp.tool()
+    def whoami() -> str:
+        return "me"
+
+    table = ToolPermissions.from_server(mcp, unmarked="deny")
+    assert table.needs("resource", "notes://readme") is None
+    assert table.needs("prompt", "greet") is None
+    assert table.needs("tool", "whoami") == frozenset()
+    refused, required, missing = table.refused([("resource", "notes://readme")], frozenset({READ, WRITE}))
+    assert refused == [("resource", "notes://readme")] and required == missing == frozenset()
+    assert not table.visible("resource", frozenset({READ, WRITE}))("notes://readme")
+    assert table.visible("resource", frozenset({READ, WRITE}))("notes://secret")
+    assert not table.visible("prompt", frozenset({WRITE}))("greet")
+
+
+def test_refused_names_what_is_missing_and_applies_the_implication_rules() -> None:
+    table = ToolPermissions.from_server(notes_server(), implies={WRITE: frozenset({READ})})
+    used = [("resource", "notes://note/1"), ("prompt", "rewrite")]
+    assert table.refused(used, frozenset({WRITE})) == ([], frozenset(), frozenset())
+    refused, required, missing = table.refused(used, frozenset({READ}))
+    assert refused == [("prompt", "rewrite")] and required == {WRITE} and missing == {WRITE}
+    assert table.visible("template", frozenset({WRITE}))("notes://note/{note_id}")
+
+
+def test_unmarked_policy_is_checked() -> None:
+    with pytest.raises(ValueError, match="unmarked"):
+        ToolPermissions(unmarked="closed")  # type: ignore[arg-type]
+
+
+def test_a_mapping_table_binds_to_one_server_only() -> None:
+    a, b = MCPServer("a"), MCPServer("b")
+    explicit = ToolPermissions({"archive": [WRITE]})
+    bound = explicit.bound_to(a)
+    assert bound.bound_to(a) is bound
+    with pytest.raises(ValueError, match="another server"):
+        bound.bound_to(b)
+
+    @a.tool()
+    @requires(READ)
+    def archive() -> str:
+        return "x"
+
+    assert bound.required("archive") == {READ, WRITE}  # the mapping adds to the mark
+    assert explicit.required("archive") == {WRITE}  # the unbound table is unchanged
+
+
+def test_protect_refuses_a_policy_that_contradicts_the_table() -> None:
+    from auth import AuthSettings, IssuerConfig
+    from auth.mcp import protect
+
+    mcp = MCPServer("t")
+    settings = AuthSettings(issuers=(IssuerConfig(issuer="https://issuer.example", audiences=("a",)),),
+                            resource_url="https://rs.example/mcp")
+    with pytest.raises(ValueError, match="unmarked"):
+        protect(mcp, settings, ToolPermissions.from_server(mcp), unmarked="deny")
+    with pytest.raises(ValueError, match="another server"):
+        protect(MCPServer("other"), settings, ToolPermissions.from_server(mcp))
+
+
+async def test_a_refused_resource_read_is_an_anticipated_resource_error() -> None:
+    """Without the gate (the SDK's own token_verifier= path), the call-time check refuses the read
+    as the SDK's ResourceError: its text reaches the client, no crash is logged."""
+    from mcp.server.mcpserver.exceptions import ResourceError, UnexpectedResourceError
+
+    mcp = notes_server()
+    with acting_as(token(READ)), pytest.raises(ResourceError) as info:
+        await mcp.read_resource("notes://secret")
+    assert not isinstance(info.value, UnexpectedResourceError)
+    assert WRITE in str(info.value)
+    with acting_as(token(WRITE)):
+        assert [c.content for c in await mcp.read_resource("notes://secret")] == ["s"]  # type: ignore[union-attr]

@@ -2,7 +2,9 @@
 
 PostgreSQL cannot store either (``DataError``, ``UnicodeEncodeError``: "Error executing tool" and a
 traceback per call, which a read token could cause through ``search_notes``); SQLite stored NUL.
-Both back ends now refuse them with the same tool error, through a real server over HTTP.
+Both back ends now refuse them with the same tool error, through a real server over HTTP. A lone
+surrogate only reaches a tool on 2026-07-28 framing: on 2025-11-25 the SDK's parser (which the
+gate and the endpoint use for that framing, item 4) refuses the body with a JSON-RPC parse error.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DevServer
         yield srv
 
 
-def _call(srv: DevServer, token: str, tool: str, arguments: dict[str, Any], *, modern: bool) -> dict[str, Any]:
+def _post(srv: DevServer, token: str, tool: str, arguments: dict[str, Any], *, modern: bool) -> Any:
     body = json.dumps(tool_call(tool, arguments, modern=modern))  # lone surrogates leave as \ud800 escapes
     headers = modern_headers(tool) if modern else LEGACY_HEADERS
-    response = srv.rpc(token, None, headers, raw=body.encode("ascii"))
+    return srv.rpc(token, None, headers, raw=body.encode("ascii"))
+
+
+def _call(srv: DevServer, token: str, tool: str, arguments: dict[str, Any], *, modern: bool) -> dict[str, Any]:
+    response = _post(srv, token, tool, arguments, modern=modern)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
@@ -59,10 +65,14 @@ def test_unstorable_text_is_a_clear_tool_error_on_both_back_ends(
         (read, "search_notes", {"query": bad}, "query"),  # a read token is enough to try
     ]
     for n, (token, tool, arguments, field) in enumerate(attempts):
-        result = _call(served, token, tool, arguments, modern=n % 2 == 1)  # both protocol generations
+        modern = n % 2 == 1 or kind != "nul"  # both protocol generations where the body parses on both
+        result = _call(served, token, tool, arguments, modern=modern)
         assert result["isError"] is True, result
         assert result["content"][0]["text"] == (
             f"Error executing tool {tool}: {field} must not contain NUL characters or unpaired surrogates")
+    if kind != "nul":  # 2025-11-25: the SDK's own parser refuses the body, no tool runs
+        refused = _post(served, full, "create_note", {"title": bad}, modern=False)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == -32700, refused.text
     listed = _call(served, read, "list_notes", {"limit": 100}, modern=False)["structuredContent"]["notes"]
     assert [(n["id"], n["title"], n["body"]) for n in listed] == [(note_id, "a fine note", "fine")]
     assert "Traceback" not in caplog.text
