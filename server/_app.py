@@ -30,12 +30,13 @@ from starlette.routing import BaseRoute, Route
 
 from auth import TokenVerifier
 from auth._observe import NO_OBSERVER, Observer
+from auth.downstream import Downstreams
 from auth.mcp import ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
 from ._correlation import CorrelationLayer
 from ._guard import HostOriginGuard
-from ._logging import OperationRecord, audit_middleware
+from ._logging import OperationRecord, audit_middleware, write_audit
 from ._settings import MCP_PATH, ServerSettings
 from ._telemetry import quiet_telemetry
 from ._transport import MCPEndpoint
@@ -56,12 +57,17 @@ INSTRUCTIONS = (
 
 
 def build_mcp(
-    settings: ServerSettings, store: NotesStore, audit: AuditWrite | None = None, record: OperationRecord | None = None
+    settings: ServerSettings,
+    store: NotesStore,
+    audit: AuditWrite | None = None,
+    record: OperationRecord | None = None,
+    downstreams: Downstreams | None = None,
 ) -> MCPServer:
     """The `MCPServer` with every tool registered (`auth.mcp.protect` adds the per-caller ``tools/list`` filter).
 
     ``audit`` writes the audit line (`write_audit`, through ``logging``, by default); ``record``,
-    if given, is told of every operation (the ``mcp.server.operation.duration`` metric).
+    if given, is told of every operation (the ``mcp.server.operation.duration`` metric); with
+    ``downstreams``, the example onward call is registered too.
     """
     mcp = MCPServer(
         "btp-notes",
@@ -71,7 +77,7 @@ def build_mcp(
     )
     quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
     # Multi-tenant IAS (trusted domains): each (issuer, tenant) of a token sees only its own notes.
-    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers))
+    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers), downstreams=downstreams)
     # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
     # accept it; the server sends no log notifications, so there is nothing to filter.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _accept_log_level)
@@ -90,6 +96,7 @@ def create_app(
     customize: Callable[[MCPServer], None] | None = None,
     audit: AuditWrite | None = None,
     telemetry: Telemetry | None = None,
+    downstreams: Downstreams | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
 
@@ -105,14 +112,18 @@ def create_app(
             none by default, whatever the settings say: the one who builds it starts and stops it
             (``python -m server`` does). A ``verifier`` passed in reports to it only if it was
             built with ``observer=telemetry.observer``.
+        downstreams: the APIs tools call onward; by default those ``settings.downstreams`` names
+            (none: no onward calls), closed on shutdown. Each call writes an audit line too.
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
+    if downstreams is None and settings.downstreams:
+        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit)
     observer: Observer = NO_OBSERVER
     record: OperationRecord | None = None
     served: NotesStore = store
     if telemetry is not None:
         observer, record, served = telemetry.observer, telemetry.observer.operation, telemetry.observe_store(store)
-    mcp = build_mcp(settings, served, audit, record)
+    mcp = build_mcp(settings, served, audit, record, downstreams)
     if customize is not None:
         customize(mcp)
     # The server owns its permission table, read from the tools as registered (whatever their names).
@@ -153,6 +164,8 @@ def create_app(
             yield
         finally:
             await store.aclose()
+            if downstreams is not None:
+                await downstreams.aclose()
 
     app = protect(
         mcp,
@@ -170,7 +183,7 @@ def create_app(
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address
     outer = telemetry.layer(guard, MCP_PATH) if telemetry is not None else CorrelationLayer(guard)
-    return ServerApp(outer, mcp=mcp, store=store, observer=observer)
+    return ServerApp(outer, mcp=mcp, store=store, observer=observer, downstreams=downstreams)
 
 
 class ServerApp:
@@ -180,12 +193,20 @@ class ServerApp:
     a layer added later reports through it too, e.g. ``observer.rate_limited("write")`` per 429.
     """
 
-    def __init__(self, asgi: Callable[..., Awaitable[None]], *, mcp: MCPServer, store: NotesStore,
-                 observer: Observer = NO_OBSERVER) -> None:
+    def __init__(
+        self,
+        asgi: Callable[..., Awaitable[None]],
+        *,
+        mcp: MCPServer,
+        store: NotesStore,
+        observer: Observer = NO_OBSERVER,
+        downstreams: Downstreams | None = None,
+    ) -> None:
         self.asgi = asgi
         self.mcp = mcp
         self.store = store
         self.observer = observer
+        self.downstreams = downstreams
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         await self.asgi(scope, receive, send)

@@ -31,9 +31,11 @@ import httpx
 import uvicorn
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
+from auth.downstream import DownstreamSettings
 
 from ._app import create_app
 from ._dev_issuer import (
+    DEFAULT_CLIENTS,
     DEV_CLIENTS_SETTING,
     DEV_ISSUER_SETTING,
     DevClient,
@@ -41,6 +43,7 @@ from ._dev_issuer import (
     parse_dev_clients,
     startup_banner,
 )
+from ._dev_onward import DevOnward, dev_onward, onward_applications, onward_clients
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._otel_settings import TelemetrySettings
@@ -89,6 +92,7 @@ def dev_settings(
     issuer: DevIssuer | str,
     *,
     cert_binding: Literal["off", "if-bound", "required"] = "off",
+    downstreams: DownstreamSettings | None = None,
 ) -> ServerSettings:
     """Settings for dev mode: trust only the dev issuer, serve at ``base_url``.
 
@@ -106,7 +110,7 @@ def dev_settings(
         resource_name="Notes MCP server (dev)",
         cert_binding=cert_binding,
     )
-    return load_server_settings(env, auth=auth, dev=True)
+    return load_server_settings(env, auth=auth, dev=True, downstreams=downstreams)
 
 
 def auth_summary(auth: AuthSettings) -> dict[str, Any]:
@@ -191,6 +195,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     extra_clients: dict[str, DevClient] = {}
     shared: str | None = None
     verifier: JWTVerifier | None = None
+    onward: DevOnward | None = None
     tls: dict[str, Any] = {}
     telemetry: Any = None
     try:
@@ -204,7 +209,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             if not is_loopback_host(host):
                 raise ConfigError("HOST", f"--dev binds only to a loopback address, got {host!r}")
             shared = shared_dev_issuer(env, mtls=args.mtls)
-            preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True)
+            preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True,
+                                               downstreams=DownstreamSettings())
             if args.mtls:
                 certs_dir = Path(env.get("MCP_DEV_CERTS_DIR", "").strip() or DEV_CERTS_DIR)
                 try:
@@ -216,15 +222,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             url_host = f"[{host.strip('[]')}]" if ":" in host else host
             base_url = f"{'https' if certs else 'http'}://{url_host}:{sock.getsockname()[1]}"
             dev_env = {**env, "HOST": host, "PORT": str(sock.getsockname()[1])}
-            extra_clients = parse_dev_clients(env.get(DEV_CLIENTS_SETTING, ""))
+            extra_clients = parse_dev_clients(
+                env.get(DEV_CLIENTS_SETTING, ""), reserved=[*DEFAULT_CLIENTS, *onward_clients()]
+            )
             telemetry = _telemetry(preliminary.telemetry)
             routes: list[Any] = []
             if shared is not None:
                 settings = dev_settings(dev_env, base_url, shared)
             elif certs is None:
-                issuer = DevIssuer(base_url, extra_clients=extra_clients)
-                settings = dev_settings(dev_env, base_url, issuer)
-                routes = [*issuer.well_known_routes(), issuer.mount()]
+                # Onward calls: the server's own client, the example backend and a Destination service look-alike.
+                issuer = DevIssuer(base_url, extra_clients={**onward_clients(), **extra_clients},
+                                   applications=onward_applications(base_url))
+                onward = dev_onward(base_url, issuer.issuer, issuer.token_endpoint, env)
+                settings = dev_settings(dev_env, base_url, issuer, downstreams=onward.downstreams)
+                routes = [*issuer.well_known_routes(), issuer.mount(), *onward.routes]
             else:
                 x509_client = DevClient(None, DEV_X509_APIS, certificate_thumbprint=certs.client_thumbprint)
                 issuer = DevIssuer(base_url, extra_clients={**extra_clients, certs.client_id: x509_client})
@@ -266,6 +277,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 "x509_client_id": certs.client_id,
             }
         print(startup_banner(base_url, settings.auth.resource_url, **banner), file=sys.stderr, flush=True)
+        if onward is not None:
+            print(onward.banner, file=sys.stderr, flush=True)
     log.info("listening on %s:%d%s", settings.host, sock.getsockname()[1], " (TLS)" if tls else "")
     config = uvicorn.Config(app, **server_options(tls))
     # The dev verifier's HTTP client is not closed: its connections end with the process.

@@ -54,3 +54,13 @@ def test_bench_layers_times_every_app_and_the_sdk_dispatch_in_both_framings() ->
     for cells in rows.values():
         floor, sdk, noauth, ours, dispatch, rest = (float(c.removesuffix("µs")) for c in cells[:6])
         assert 0 < floor and 0 < dispatch < ours and rest > 0, out  # the dispatch is a part of ours
+
+
+def test_bench_exchange_prints_a_miss_and_a_hit_against_their_floors() -> None:
+    out = _run("bench/bench_exchange.py", "--calls", "5", "--rounds", "1")
+    rows = {line[:30].strip(): line[30:].split() for line in out.splitlines() if "µs" in line}
+    assert set(rows) == {"floor: local HTTP round trip", "exchange, miss", "floor: dict lookup", "exchange, hit",
+                         "downstreams.token, hit"}, out
+    assert float(rows["exchange, hit"][0]) < float(rows["exchange, miss"][0]), out  # a hit costs less than a miss
+    assert all(float(rows[name][2].removesuffix("x")) > 0 for name in ("exchange, miss", "exchange, hit")), out
+    assert "a hit saves" in out
