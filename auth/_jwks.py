@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ._errors import BadSignature, KeysUnavailable, UntrustedIssuer
 from ._jws import SUPPORTED_ALGORITHMS, PublicJWK, parse_jwks
+from ._observe import NO_OBSERVER, Observer
 from ._settings import check_issuer_url
 
 __all__ = [
@@ -159,6 +160,7 @@ class JWKSCache:
         opened_by_token: the issuer came from a token (a multi-tenant label): a 4xx answer then
             means "no such tenant" (401), not our outage (503).
         clock: monotonic seconds; injectable for tests.
+        observer: told of each fetch and its result (`auth._observe`); none by default.
     """
 
     def __init__(
@@ -177,8 +179,10 @@ class JWKSCache:
         algorithms: Iterable[str] = SUPPORTED_ALGORITHMS,
         opened_by_token: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.issuer = issuer
+        self._observer = observer or NO_OBSERVER
         self.headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
         self._client = client
         self._jwks_uri = jwks_uri
@@ -338,10 +342,11 @@ class JWKSCache:
         self._attempted_at = self._clock()
         self.reuse_until = self._compute_reuse_until()
         try:
-            async with asyncio.timeout(self._deadline):  # total: a dripping server cannot hold us
-                uri = self._jwks_uri or await self._discover()
-                document = await fetch_json(self._client, uri, self.headers, self._max_bytes)
-            keys = usable_keys(document, self._algorithms)
+            with self._observer.fetching_keys(self.issuer, configured=not self._opened_by_token):
+                async with asyncio.timeout(self._deadline):  # total: a dripping server cannot hold us
+                    uri = self._jwks_uri or await self._discover()
+                    document = await fetch_json(self._client, uri, self.headers, self._max_bytes)
+                keys = usable_keys(document, self._algorithms)
         except (FetchError, TimeoutError) as exc:
             self._failed = True
             self.refused = isinstance(exc, FetchRefused)

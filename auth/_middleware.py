@@ -14,6 +14,7 @@ from ._challenge import error_body, error_headers
 from ._context import bind_client, bind_token, reset_client, reset_token
 from ._errors import AuthError, InvalidToken, MalformedToken, MissingToken
 from ._metadata import resource_metadata_url
+from ._observe import NO_OBSERVER, Observer
 from ._request import clip, is_preflight, route_path
 from ._sdk import PrincipalCache
 from ._settings import AuthSettings
@@ -120,6 +121,7 @@ class BearerAuthMiddleware:
             read at each challenge.
         certificate_check: RFC 8705 binding check raising `InvalidToken` on mismatch; by default
             the one ``settings.cert_binding`` and ``settings.trust_forwarded_client_cert`` describe.
+        observer: told of each authentication and its outcome (`auth._observe`); none by default.
     """
 
     def __init__(
@@ -131,9 +133,11 @@ class BearerAuthMiddleware:
         protect: Iterable[str] = ("/mcp",),
         scopes: Scopes = (),
         certificate_check: CertificateCheck | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.app = app
         self._verifier = verifier
+        self._observer = observer or NO_OBSERVER
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._scopes = _challenge_scopes(settings, scopes)
@@ -152,7 +156,8 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)  # a CORS preflight carries no credentials (and no body)
             return
         try:
-            raw, token = await self._authenticate(scope)
+            with self._observer.verifying():
+                raw, token = await self._authenticate(scope)
         except AuthError as exc:
             _log_denial(exc, scope)
             if scope["type"] == "websocket":

@@ -199,7 +199,6 @@ class RateLimiter:
         lease_timeout: seconds a lease may take before the process falls back to its own buckets.
         fallback_s: how long it then counts on its own buckets before asking the source again.
         clock: monotonic seconds.
-        on_refusal: called with the kind of every refused request (a metrics counter).
 
     Raises:
         ValueError: ``max_clients`` below 1.
@@ -215,7 +214,6 @@ class RateLimiter:
         lease_timeout: float = 1.0,
         fallback_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-        on_refusal: Callable[[Kind], None] | None = None,
     ) -> None:
         if max_clients < 1:
             raise ValueError("max_clients must be at least 1")
@@ -227,7 +225,6 @@ class RateLimiter:
         self._fallback_s = fallback_s
         self._fallback_until = -math.inf
         self._clock = clock
-        self._on_refusal = on_refusal
         self._reads: OrderedDict[tuple[str, str | None, str], _State] = OrderedDict()
         self._writes: OrderedDict[tuple[str, str | None, str], _State] = OrderedDict()
 
@@ -284,8 +281,6 @@ class RateLimiter:
     def _refuse(self, state: _State, kind: Kind, wait: float) -> Refusal:
         first = not state.refusing
         state.refusing = True
-        if self._on_refusal is not None:
-            self._on_refusal(kind)
         return Refusal(wait, kind, first)
 
     async def _shared(self, state: _State, kind: Kind, rate: Rate, now: float, token: VerifiedToken) -> Refusal | None:

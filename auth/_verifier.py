@@ -37,6 +37,7 @@ from ._http import key_fetch_client
 from ._jwks import FetchError, FetchRefused, JWKSCache, fetch_json, usable_keys
 from ._jws import HeaderMemo, parse_jws, verify_signature
 from ._newcomers import CHEAP, NewcomerBudget, NewcomerLimits, Outcome, Receipt, discovery_outcome, source_key
+from ._observe import NO_OBSERVER, Observer
 from ._sdk import verify_token as _sdk_verify_token
 from ._settings import AuthSettings, IssuerConfig
 from ._token import VerifiedToken
@@ -137,6 +138,7 @@ class JWTVerifier:
             by ``settings.http_timeout_s`` in total, whichever client is used.
         clock: wall-clock seconds for ``exp``/``nbf``/``iat``; injectable for tests.
         monotonic: monotonic seconds for key freshness, refresh intervals and budgets.
+        observer: told of key fetches and token-cache hits and misses (`auth._observe`); none by default.
     """
 
     def __init__(
@@ -146,8 +148,10 @@ class JWTVerifier:
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self._settings = settings
+        self._observer = observer or NO_OBSERVER
         self._owns_client = client is None
         self._client = client or key_fetch_client(settings)  # configured CAs; logs why TLS failed
         self._clock = clock
@@ -214,6 +218,7 @@ class JWTVerifier:
             algorithms=s.algorithms,
             opened_by_token=opened_by_token,
             clock=self._monotonic,
+            observer=self._observer,
         )
 
     def _known(self, issuer: str) -> JWKSCache | None:
@@ -369,9 +374,10 @@ class JWTVerifier:
         uri = keys.jwks_uri
         assert uri is not None  # we hold a key of this issuer, so its key set URL is known
         try:
-            async with asyncio.timeout(s.http_timeout_s):
-                document = await fetch_json(self._client, uri, dict(consumer.headers), s.jwks_max_bytes)
-            served = usable_keys(document, s.algorithms)
+            with self._observer.fetching_keys(keys.issuer, configured=not keys.opened_by_token):
+                async with asyncio.timeout(s.http_timeout_s):
+                    document = await fetch_json(self._client, uri, dict(consumer.headers), s.jwks_max_bytes)
+                served = usable_keys(document, s.algorithms)
         except FetchRefused as exc:
             consumer.outcome = "refused"
             log.info("key request for a tenant/consumer of %s refused (%s)", keys.issuer, exc)
@@ -414,12 +420,14 @@ class JWTVerifier:
             if not_before <= now < not_after and thumbprint in keys.thumbprints and self._monotonic() < until:
                 cache.move_to_end(token)
                 self.cache_hits += 1
+                self._observer.token_cache(hit=True)
                 return verified
             del cache[token]
             if not not_before <= now < not_after:
                 check_times(verified.claims, now=now, leeway=self._settings.leeway_s)  # raises the reason
             # otherwise: key retired, or keys/IAS answer due for a look: verify afresh
 
+        self._observer.token_cache(hit=False)
         s = self._settings
         jws = parse_jws(token, algorithms=s.algorithms, max_bytes=s.max_token_bytes, header_memo=self._headers)
         claims = jws.claims

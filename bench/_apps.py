@@ -3,6 +3,8 @@
 - ``ours``: this project exactly as ``python -m server --dev`` builds it: Host/Origin guard,
   bearer-token verification (a reused token, as real clients reuse theirs), the tool gate,
   the filtered lists and the JSON audit line (written to /dev/null, formatted for real).
+- ``otel``: ``ours`` with tracing and metrics on, exported over OTLP/HTTP (``BENCH_OTLP``: a sink
+  process that answers every export), as ``OTEL_EXPORTER_OTLP_ENDPOINT`` turns them on.
 - ``noauth``: the same stack with a constant principal: every bearer token "verifies" to one
   fixed `VerifiedToken`, so the difference to ``ours`` is what token verification costs.
 - ``sdk``: the bare ``mcp`` SDK `MCPServer`, stateless JSON responses, no auth, one tool: a
@@ -41,10 +43,11 @@ def _configure_audit() -> Any:
     return AuditWriter(stream, lock=handler.lock)
 
 
-def dev_app(verifier: Any = None, verifier_for: Any = None) -> Any:
+def dev_app(verifier: Any = None, verifier_for: Any = None, telemetry: Any = None) -> Any:
     """The app ``python -m server --dev`` builds, served at ``BENCH_BASE_URL``.
 
-    ``verifier`` replaces the token verifier; ``verifier_for(settings)`` builds one from the settings.
+    ``verifier`` replaces the token verifier; ``verifier_for(settings)`` builds one from the settings;
+    ``telemetry`` (a `server._otel.Telemetry`) turns traces and metrics on.
     """
     from server._app import create_app
     from server._dev_issuer import DevIssuer
@@ -58,12 +61,46 @@ def dev_app(verifier: Any = None, verifier_for: Any = None) -> Any:
         verifier = verifier_for(settings)
     audit = _configure_audit()
     return create_app(settings, verifier=verifier, extra_routes=[*issuer.well_known_routes(), issuer.mount()],
-                      audit=audit)
+                      audit=audit, telemetry=telemetry)
 
 
 def ours() -> Any:
     """This project with auth on."""
     return dev_app()
+
+
+def otel() -> Any:
+    """This project with auth on and every span and metric exported over OTLP/HTTP to ``BENCH_OTLP``."""
+    from server._otel import Telemetry
+    from server._otel_settings import load_telemetry_settings
+
+    settings = load_telemetry_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": os.environ["BENCH_OTLP"],
+                                        "OTEL_METRIC_EXPORT_INTERVAL": "5000"})
+    telemetry = Telemetry(settings)
+    telemetry.install()  # as python -m server does: the SDK's MCP span comes from the global provider
+    return dev_app(telemetry=telemetry)
+
+
+def otlp_sink() -> Any:
+    """An OTLP/HTTP endpoint that reads each export and answers it (an empty protobuf response)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        status = 200 if scope.get("path") in ("/v1/traces", "/v1/metrics") else 404
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/x-protobuf"), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
 
 
 class ConstantVerifier:

@@ -7,7 +7,8 @@
     python bench/bench_server.py --quick             # seconds; what tests/test_bench.py runs
 
 Apps (``bench/_apps.py``), each in its own server process on 127.0.0.1, all on the same HTTP
-server implementation: ``ours`` (this project, auth on, a reused token), ``noauth`` (the same
+server implementation: ``ours`` (this project, auth on, a reused token), ``otel`` (``ours`` with
+tracing and metrics on, exported over OTLP/HTTP to a sink process), ``noauth`` (the same
 stack with a constant principal), ``sdk`` (the bare ``mcp`` SDK `MCPServer`, no auth) and
 ``floor`` (a bare ASGI app that parses the JSON-RPC request and answers the same result).
 
@@ -19,7 +20,8 @@ small asyncio client in this process (it costs a fraction of what the servers do
 machine's cores are shared by client and servers alike).
 
 Rounds are interleaved (every app once per round, in a rotating order), so background load
-hits all apps alike; ratios are medians of the per-round ratios, with their range. Server
+hits all apps alike; ratios are medians of the per-round ratios, with their range. The cost of
+telemetry is printed as ``otel / ours`` (on / off) from the same rounds. Server
 CPU per request comes from ``/proc/<pid>/stat`` (utime+stime of the server's process tree)
 before and after each measurement; RSS is the process tree's after all the load.
 Nothing is installed at run time: uvicorn, httptools and uvloop are runtime dependencies, granian
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = ("ours", "noauth", "sdk", "floor")
+APPS = ("ours", "otel", "noauth", "sdk", "floor")
 FRAMINGS = ("2025-11-25", "2026-07-28")
 SERVERS = ("uvicorn-fast", "uvicorn-h11", "granian")
 SHIPPED = "uvicorn-fast"
@@ -241,29 +243,35 @@ def _token(port: int) -> str:
 @contextlib.contextmanager
 def _servers(servers: list[str], apps: list[str]) -> Iterator[list[Running]]:
     running: list[Running] = []
+    sink: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            sink_port = _free_port()
+            if "otel" in apps:  # where the otel app exports: its own process, like a collector
+                sink = subprocess.Popen(_command(SHIPPED, "otlp_sink", sink_port), cwd=ROOT,
+                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
             for server in servers:
                 for app in apps:
                     port = _free_port()
                     env = {**os.environ, "BENCH_BASE_URL": f"http://127.0.0.1:{port}", "BENCH_DIR": tmp,
-                           "PYTHONPATH": str(ROOT)}
+                           "PYTHONPATH": str(ROOT), "BENCH_OTLP": f"http://127.0.0.1:{sink_port}"}
                     proc = subprocess.Popen(_command(server, app, port), cwd=ROOT, env=env)
                     running.append(Running(server, app, port, proc))
             for r in running:
                 _wait_ready(r.port, r.proc, f"{r.app} on {r.server}")
-                token = _token(r.port) if r.app in ("ours", "noauth") else None
+                token = _token(r.port) if r.app in ("ours", "otel", "noauth") else None
                 r.requests = {framing: _request(r.port, framing, token) for framing in FRAMINGS}
             yield running
         finally:
-            for r in running:
-                if r.proc.poll() is None:
-                    r.proc.send_signal(signal.SIGTERM)
-            for r in running:
+            procs = [r.proc for r in running] + ([sink] if sink is not None else [])
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
                 try:
-                    r.proc.wait(timeout=20)
+                    proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
-                    r.proc.kill()
+                    proc.kill()
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                             cell.errors += sample.errors
                             cell.first_error = cell.first_error or sample.first_error
                         for app in APPS:
-                            for base in ("sdk", "floor"):
+                            for base in ("sdk", "floor", "ours"):
                                 if rate.get(base):
                                     ratios.setdefault((server, framing, k, app, base), []).append(
                                         rate[app] / rate[base])
@@ -376,10 +384,28 @@ def _print(servers: list[str], ks: list[int], cells: dict[tuple[str, str, int, s
                           f"{_range(ratios.get((server, framing, k, app, 'floor'), [])):>20}")
     print()
     print("RSS after load (MB): " + ", ".join(f"{s}/{a} {v:.0f}" for (s, a), v in rss.items()))
+    _print_telemetry(servers, ks, cells, ratios)
     _print_targets(servers, ks, ratios, rss)
     for key, cell in cells.items():
         if cell.errors:
             print(f"first error {key}: {cell.first_error!r}")
+
+
+def _print_telemetry(servers: list[str], ks: list[int], cells: dict[tuple[str, str, int, str], Cell],
+                     ratios: dict[tuple[str, str, int, str, str], list[float]]) -> None:
+    """Telemetry on (otel) / off (ours): throughput ratio from the same rounds, and CPU per request."""
+    print()
+    print("telemetry on / off (otel / ours: traces and metrics exported over OTLP/HTTP), median of per-round "
+          "ratios [range]:")
+    for server in servers:
+        for framing in FRAMINGS:
+            for k in ks:
+                values = ratios.get((server, framing, k, "otel", "ours"), [])
+                on, off = cells.get((server, framing, k, "otel")), cells.get((server, framing, k, "ours"))
+                cpu = ""
+                if on and off and on.done and off.done:
+                    cpu = f"  CPU ms/req {on.cpu / on.done * 1000:.3f} vs {off.cpu / off.done * 1000:.3f}"
+                print(f"  {server:13} {framing:10} K={k:<3d} throughput {_range(values):>20}{cpu}")
 
 
 TARGETS = (  # issue 11, at K=16: (framing, base, at least)

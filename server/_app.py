@@ -2,6 +2,8 @@
 
 Request path, outermost first::
 
+    CorrelationLayer       the request's id (X-Request-Id) on every log line; with tracing on,
+                           TracingLayer: also the HTTP server span of the MCP endpoint
     HostOriginGuard        421 foreign Host, 403 foreign Origin
     auth.mcp.protect(...): the MCP path goes straight on; every other path to Starlette routes:
                            /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
@@ -18,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -28,15 +30,21 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from auth import TokenVerifier
+from auth._observe import NO_OBSERVER, Observer
+from auth.downstream import Downstreams
 from auth.mcp import LeaseSource, ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
+from ._correlation import CorrelationLayer
 from ._guard import HostOriginGuard
 from ._limits import rate_limiter
-from ._logging import audit_middleware
+from ._logging import OperationRecord, audit_middleware, write_audit
 from ._settings import MCP_PATH, ServerSettings
 from ._telemetry import quiet_telemetry
 from ._transport import MCPEndpoint
+
+if TYPE_CHECKING:
+    from ._otel import Telemetry
 
 __all__ = ["create_app", "build_mcp", "ServerApp"]
 
@@ -50,20 +58,28 @@ INSTRUCTIONS = (
 )
 
 
-def build_mcp(settings: ServerSettings, store: NotesStore, audit: AuditWrite | None = None) -> MCPServer:
+def build_mcp(
+    settings: ServerSettings,
+    store: NotesStore,
+    audit: AuditWrite | None = None,
+    record: OperationRecord | None = None,
+    downstreams: Downstreams | None = None,
+) -> MCPServer:
     """The `MCPServer` with every tool registered (`auth.mcp.protect` adds the per-caller ``tools/list`` filter).
 
-    ``audit`` writes the audit line (`write_audit`, through ``logging``, by default).
+    ``audit`` writes the audit line (`write_audit`, through ``logging``, by default); ``record``,
+    if given, is told of every operation (the ``mcp.server.operation.duration`` metric); with
+    ``downstreams``, the example onward call is registered too.
     """
     mcp = MCPServer(
         "btp-notes",
         instructions=INSTRUCTIONS,
         log_level="WARNING",  # the SDK's per-request INFO line through rich costs ~40 % throughput
-        middleware=[audit_middleware(audit)],
+        middleware=[audit_middleware(audit, record=record)],
     )
     quiet_telemetry(mcp)  # the SDK's span, only where it can have an effect
     # Multi-tenant IAS (trusted domains): each (issuer, tenant) of a token sees only its own notes.
-    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers))
+    register(mcp, store, multi_tenant=any(issuer.domains for issuer in settings.auth.issuers), downstreams=downstreams)
     # The conformance suite's tools-only scenarios call logging/setLevel (2025-11-25 §logging):
     # accept it; the server sends no log notifications, so there is nothing to filter.
     mcp._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _accept_log_level)
@@ -81,6 +97,8 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
     customize: Callable[[MCPServer], None] | None = None,
     audit: AuditWrite | None = None,
+    telemetry: Telemetry | None = None,
+    downstreams: Downstreams | None = None,
     rate_leases: LeaseSource | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
@@ -93,16 +111,31 @@ def create_app(
             (tests and users add their own tools here).
         audit: writes the per-call audit line; `write_audit` (through ``logging``) by default,
             the `AuditWriter` from `configure_logging` when the server owns its stderr.
+        telemetry: traces and metrics (`server._otel.open_telemetry` over ``settings.telemetry``);
+            none by default, whatever the settings say: the one who builds it starts and stops it
+            (``python -m server`` does). A ``verifier`` passed in reports to it only if it was
+            built with ``observer=telemetry.observer``.
+        downstreams: the APIs tools call onward; by default those ``settings.downstreams`` names
+            (none: no onward calls), closed on shutdown. Each call writes an audit line too.
         rate_leases: the rate-limit buckets the worker processes share (made before they fork).
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
-    mcp = build_mcp(settings, store, audit)
+    if downstreams is None and settings.downstreams:
+        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit)
+    observer: Observer = NO_OBSERVER
+    record: OperationRecord | None = None
+    served: NotesStore = store
+    if telemetry is not None:
+        observer, record, served = telemetry.observer, telemetry.observer.operation, telemetry.observe_store(store)
+    mcp = build_mcp(settings, served, audit, record, downstreams)
     if customize is not None:
         customize(mcp)
     # The server owns its permission table, read from the tools as registered (whatever their names).
     permissions = ToolPermissions.from_server(
         mcp, aliases=settings.auth.permission_aliases, implies=settings.auth.implies
     )
+    if telemetry is not None:
+        telemetry.observer.tools = frozenset(permissions.declared())  # labels: these names, else "other"
     sdk_app = mcp.streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=True,  # SSE costs ~40 % throughput and buys nothing for request/response tools
@@ -135,6 +168,8 @@ def create_app(
             yield
         finally:
             await store.aclose()
+            if downstreams is not None:
+                await downstreams.aclose()
 
     app = protect(
         mcp,
@@ -147,20 +182,36 @@ def create_app(
                 *(extra_routes or [])],
         max_body=settings.max_body_bytes,
         lifespan=store_open,
+        observer=observer,
         rate_limit=rate_limiter(settings.rate_limits, store, leases=rate_leases),  # None unless MCP_RATE_LIMIT_*
     )
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address
-    return ServerApp(guard, mcp=mcp, store=store)
+    outer = telemetry.layer(guard, MCP_PATH) if telemetry is not None else CorrelationLayer(guard)
+    return ServerApp(outer, mcp=mcp, store=store, observer=observer, downstreams=downstreams)
 
 
 class ServerApp:
-    """The ASGI app, with handles on the MCP server and the store it serves (for embedding and tests)."""
+    """The ASGI app, with handles on the MCP server, the store it serves and the observer (for embedding and tests).
 
-    def __init__(self, asgi: Callable[..., Awaitable[None]], *, mcp: MCPServer, store: NotesStore) -> None:
+    ``observer`` is what the server reports to (`auth._observe.NO_OBSERVER` with telemetry off);
+    a layer added later reports through it too, e.g. ``observer.rate_limited("write")`` per 429.
+    """
+
+    def __init__(
+        self,
+        asgi: Callable[..., Awaitable[None]],
+        *,
+        mcp: MCPServer,
+        store: NotesStore,
+        observer: Observer = NO_OBSERVER,
+        downstreams: Downstreams | None = None,
+    ) -> None:
         self.asgi = asgi
         self.mcp = mcp
         self.store = store
+        self.observer = observer
+        self.downstreams = downstreams
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         await self.asgi(scope, receive, send)

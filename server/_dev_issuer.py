@@ -97,7 +97,7 @@ _DEFAULT_APIS: tuple[str, ...] = ("\0default",)  # sentinel for mint(apis=...): 
 
 
 class DevIssuer:
-    """A local IAS look-alike for the notes server: one RSA-2048 key, fixed clients, client-credentials only.
+    """A local IAS look-alike for the notes server: one RSA-2048 key, fixed clients, client credentials and exchange.
 
     Args:
         base_url: where the MCP server is reachable, e.g. ``http://127.0.0.1:8080``.
@@ -112,6 +112,8 @@ class DevIssuer:
         app_tid: the tenant id put in every token; a fresh UUID by default.
         private_key: the signing key; a fresh RSA-2048 key by default.
         clock: seconds since the epoch, for ``iat``/``exp``.
+        applications: further applications tokens may be asked for by ``resource`` (or RFC 8693
+            ``audience``), after the MCP server: the onward calls' downstream APIs.
 
     Raises:
         ValueError: on a malformed URL, mount path, lifetime, or client.
@@ -130,6 +132,7 @@ class DevIssuer:
         app_tid: str | None = None,
         private_key: rsa.RSAPrivateKey | None = None,
         clock: Callable[[], float] = time.time,
+        applications: Iterable[Audience] = (),
     ) -> None:
         self.base_url = _checked_base_url(base_url)
         if not mount_path.startswith("/") or mount_path.endswith("/") or "?" in mount_path or "#" in mount_path:
@@ -145,7 +148,7 @@ class DevIssuer:
         self.library = Issuer(
             self.base_url + mount_path,
             clients=[client.registered(client_id) for client_id, client in clients.items()],
-            audiences=[Audience(server_client_id, (self.resource_url,), server_name)],
+            audiences=[Audience(server_client_id, (self.resource_url,), server_name), *applications],
             key=private_key,
             token_lifetime=token_lifetime,
             app_tid=app_tid or str(uuid.uuid4()),

@@ -13,18 +13,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from auth import ConfigError
-from auth._ratelimit import Kind, parse_rate
+from auth._ratelimit import parse_rate
 from auth.mcp import LeaseSource, Rate, RateLimiter
 from tools import NotesStore, PostgresConfig, PostgresLeases, PostgresStore
 
-__all__ = ["RateLimitSettings", "rate_limit_settings", "workers_setting", "rate_limiter", "count_rejection",
-           "MAX_WORKERS"]
+__all__ = ["RateLimitSettings", "rate_limit_settings", "workers_setting", "rate_limiter", "MAX_WORKERS"]
 
 MAX_WORKERS = 64
 
@@ -94,20 +93,15 @@ def workers_setting(env: Mapping[str, str], *, dev: bool = False) -> int | None:
     return int(raw)
 
 
-def count_rejection(kind: Kind) -> None:
-    """Call site for the telemetry counter of rate-limit rejections (issue 19: the metrics hook goes here)."""
-
-
 def rate_limiter(
     settings: RateLimitSettings,
     store: NotesStore,
     *,
     leases: LeaseSource | None = None,
-    on_refusal: Callable[[Kind], None] | None = count_rejection,
 ) -> RateLimiter | None:
     """The limiter for ``settings`` (None when nothing is limited): buckets in this process, leased
     from the PostgreSQL store when shared through it, else from ``leases`` (the workers' shared
-    buckets) when given and shared by workers."""
+    buckets) when given and shared by workers. Refusals are counted by the app's observer (`protect`)."""
     if not settings.enabled:
         return None
     if settings.shared == "postgresql" and isinstance(store, PostgresStore):
@@ -115,4 +109,4 @@ def rate_limiter(
     elif settings.shared != "workers":
         leases = None
     return RateLimiter(read=settings.read, write=settings.write, max_clients=settings.max_clients,
-                       leases=leases, on_refusal=on_refusal)
+                       leases=leases)

@@ -1,10 +1,11 @@
-"""JSON logs, one object per line, and the per-tool-call audit line.
+"""JSON logs, one object per line, and the audit line of every MCP request.
 
-The audit line carries client id, tool, decision and duration; never a token, secret or
-argument value (arguments may hold personal data). It is written on every tool call, so it
-costs a few microseconds: the record is built from a template instead of through
+The audit line carries client id, method (and tool), decision and duration; never a token,
+secret or argument value (arguments may hold personal data). It is written on every request,
+so it costs a few microseconds: the record is built from a template instead of through
 ``Logger.info`` (no caller lookup, no per-record process/thread discovery) and the formatter
-reuses one encoder and the timestamp of the current second.
+reuses one encoder and the timestamp of the current second. Every line written while a request
+is served carries its ``request_id`` (``server/_correlation.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from mcp.shared.exceptions import MCPError
 from auth import AuthError, optional_token
 from auth._request import clip
 
-__all__ = ["JsonFormatter", "AuditWriter", "configure_logging", "audit_middleware", "write_audit"]
+from ._correlation import RequestIdFilter, current_request_id
+
+__all__ = ["JsonFormatter", "AuditWriter", "configure_logging", "audit_middleware", "write_audit", "OperationRecord"]
 
 audit = logging.getLogger("audit")
 
@@ -46,7 +49,10 @@ class _Stamp:
 
 
 class JsonFormatter(logging.Formatter):
-    """Render a record as one JSON object; ``extra={"audit": {...}}`` fields are merged in."""
+    """Render a record as one JSON object; ``extra={"audit": {...}}`` fields are merged in.
+
+    A record's ``request_id`` (set by `RequestIdFilter`) follows ``msg`` when there is one.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,11 +63,14 @@ class JsonFormatter(logging.Formatter):
         ts = self._stamp(record.created)
         level = record.levelname.lower()
         fields = getattr(record, "audit", None)
+        rid = getattr(record, "request_id", None)
         if type(fields) is dict and not record.exc_info and not record.args and isinstance(record.msg, str):
-            line = _flat_json(ts, level, record.name, record.msg, fields)  # no dict, no encoder set-up
+            line = _flat_json(ts, level, record.name, record.msg, fields, rid)  # no dict, no encoder set-up
             if line is not None:
                 return line
         entry: dict[str, Any] = {"ts": ts, "level": level, "logger": record.name, "msg": record.getMessage()}
+        if rid is not None:
+            entry["request_id"] = rid
         if isinstance(fields, dict):
             entry.update(fields)
         if record.exc_info:
@@ -91,23 +100,30 @@ class AuditWriter:
 
     def __call__(self, msg: str, fields: Mapping[str, Any]) -> None:
         ts = self._stamp(self._clock())
-        line = _flat_json(ts, "info", "audit", msg, fields)
+        rid = current_request_id()
+        line = _flat_json(ts, "info", "audit", msg, fields, rid)
         if line is None:
-            line = self._encode({"ts": ts, "level": "info", "logger": "audit", "msg": msg,
-                                 **{k: v for k, v in fields.items() if k not in _RESERVED}})
+            head = {"ts": ts, "level": "info", "logger": "audit", "msg": msg}
+            if rid is not None:
+                head["request_id"] = rid
+            line = self._encode({**head, **{k: v for k, v in fields.items() if k not in _RESERVED}})
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
 
 
-_RESERVED = frozenset({"ts", "level", "logger", "msg"})
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "request_id"})
 
 
-def _flat_json(ts: str, level: str, logger: str, msg: str, fields: Mapping[str, Any]) -> str | None:
+def _flat_json(
+    ts: str, level: str, logger: str, msg: str, fields: Mapping[str, Any], request_id: str | None = None
+) -> str | None:
     """One log line as JSON when ``fields`` are flat strings, finite numbers, booleans and nulls
     under names that do not shadow the line's own; None for anything else (the general path)."""
     # The separators json.dumps writes by default, so every line looks the same whichever path made it.
     out = ['{"ts": "', ts, '", "level": "', level, '", "logger": ', _quote(logger), ', "msg": ', _quote(msg)]
+    if request_id is not None:
+        out += (', "request_id": ', _quote(request_id))
     for key, value in fields.items():
         if type(key) is not str or key in _RESERVED:
             return None
@@ -166,6 +182,7 @@ def configure_logging(level: str = "INFO") -> AuditWriter:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())  # every record of a request carries its id
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -175,43 +192,67 @@ def configure_logging(level: str = "INFO") -> AuditWriter:
     return AuditWriter(sys.stderr, lock=handler.lock)
 
 
+OperationRecord = Callable[[str, str | None, str | None, str | None, float], None]
+"""Records one MCP operation: ``(method, tool, error type, protocol version, seconds)`` (the metric)."""
+
+
 def audit_middleware(
-    write: Callable[[str, Mapping[str, Any]], None] | None = None, clock: Callable[[], float] = time.perf_counter
+    write: Callable[[str, Mapping[str, Any]], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    record: OperationRecord | None = None,
 ) -> Callable[..., Awaitable[Any]]:
-    """An MCP ``ServerMiddleware`` writing one audit line per ``tools/call`` that reaches the SDK.
+    """An MCP ``ServerMiddleware`` writing one audit line per request that reaches the SDK.
+
+    ``tools/call`` gets the line "tool call" with the tool's name; every other method
+    (``initialize``, ``tools/list``, ``resources/read``, ``prompts/get``, ...) "mcp request".
+    Both carry the client id, the method, the decision and the duration.
 
     Args:
         write: takes the message and the fields; `write_audit` (through ``logging``) by default,
             an `AuditWriter` where the server owns its stderr.
         clock: for the duration.
+        record: also told of each operation (the ``mcp.server.operation.duration`` metric), if given.
     """
     emit = write if write is not None else write_audit
 
     async def middleware(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
-        if ctx.method != "tools/call":
-            return await call_next(ctx)
-        params = ctx.params if isinstance(ctx.params, dict) else {}
-        tool = clip(params["name"]) if isinstance(params.get("name"), str) else ""  # the caller's: bounded
+        method = ctx.method
+        tool: str | None = None
+        if method == "tools/call":
+            params = ctx.params if isinstance(ctx.params, dict) else {}
+            tool = params["name"] if isinstance(params.get("name"), str) else ""
         token = optional_token()
         started = clock()
         decision = "error"
+        error_type: str | None = "error"
         try:
             result = await call_next(ctx)
             is_error = (result.get("isError") if isinstance(result, dict) else getattr(result, "is_error", False))
-            decision = "tool_error" if is_error else "allowed"
+            decision, error_type = ("tool_error", "tool_error") if is_error else ("allowed", None)
             return result
-        except AuthError:
-            decision = "denied"
+        except AuthError as exc:
+            decision, error_type = "denied", exc.error or "unauthorized"
             raise
-        except MCPError:
-            decision = "rejected"
+        except MCPError as exc:
+            decision, error_type = "rejected", str(exc.error.code)
+            raise
+        except Exception as exc:
+            error_type = type(exc).__qualname__
             raise
         finally:
-            emit("tool call", {
-                "client_id": clip(token.client_id) if token else None,
-                "tool": tool,
-                "decision": decision,
-                "duration_ms": round((clock() - started) * 1000, 2),
-            })
+            seconds = clock() - started
+            fields: dict[str, Any] = {"client_id": clip(token.client_id) if token else None}
+            if tool is not None:
+                fields["tool"] = clip(tool)  # the caller's: bounded
+                fields["decision"] = decision
+                fields["duration_ms"] = round(seconds * 1000, 2)
+                emit("tool call", fields)
+            else:
+                fields["method"] = clip(method) if isinstance(method, str) else ""
+                fields["decision"] = decision
+                fields["duration_ms"] = round(seconds * 1000, 2)
+                emit("mcp request", fields)
+            if record is not None:
+                record(method, tool, error_type, getattr(ctx, "protocol_version", None), seconds)
 
     return middleware

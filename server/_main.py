@@ -22,7 +22,8 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -32,9 +33,11 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
+from auth.downstream import DownstreamSettings
 
 from ._app import create_app
 from ._dev_issuer import (
+    DEFAULT_CLIENTS,
     DEV_CLIENTS_SETTING,
     DEV_ISSUER_SETTING,
     DevClient,
@@ -42,8 +45,10 @@ from ._dev_issuer import (
     parse_dev_clients,
     startup_banner,
 )
+from ._dev_onward import DevOnward, dev_onward, onward_applications, onward_clients
 from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
+from ._otel_settings import TelemetrySettings
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
 from ._shm_buckets import WorkerBuckets
 from ._tls import check_tls_files, uvicorn_tls_options
@@ -91,6 +96,7 @@ def dev_settings(
     issuer: DevIssuer | str,
     *,
     cert_binding: Literal["off", "if-bound", "required"] = "off",
+    downstreams: DownstreamSettings | None = None,
 ) -> ServerSettings:
     """Settings for dev mode: trust only the dev issuer, serve at ``base_url``.
 
@@ -108,7 +114,7 @@ def dev_settings(
         resource_name="Notes MCP server (dev)",
         cert_binding=cert_binding,
     )
-    return load_server_settings(env, auth=auth, dev=True)
+    return load_server_settings(env, auth=auth, dev=True, downstreams=downstreams)
 
 
 def auth_summary(auth: AuthSettings) -> dict[str, Any]:
@@ -193,7 +199,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     extra_clients: dict[str, DevClient] = {}
     shared: str | None = None
     verifier: JWTVerifier | None = None
+    onward: DevOnward | None = None
     tls: dict[str, Any] = {}
+    telemetry: Any = None
+    metrics_port: int | None = None
     workers = 1  # --dev: one process (the dev issuer keeps its keys, codes and clients in memory)
     app: Any = None
     try:
@@ -207,7 +216,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             if not is_loopback_host(host):
                 raise ConfigError("HOST", f"--dev binds only to a loopback address, got {host!r}")
             shared = shared_dev_issuer(env, mtls=args.mtls)
-            preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True)
+            preliminary = load_server_settings({**env, "HOST": host}, auth=_placeholder_auth(), dev=True,
+                                               downstreams=DownstreamSettings())
             if args.mtls:
                 certs_dir = Path(env.get("MCP_DEV_CERTS_DIR", "").strip() or DEV_CERTS_DIR)
                 try:
@@ -219,35 +229,47 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             url_host = f"[{host.strip('[]')}]" if ":" in host else host
             base_url = f"{'https' if certs else 'http'}://{url_host}:{sock.getsockname()[1]}"
             dev_env = {**env, "HOST": host, "PORT": str(sock.getsockname()[1])}
-            extra_clients = parse_dev_clients(env.get(DEV_CLIENTS_SETTING, ""))
+            extra_clients = parse_dev_clients(
+                env.get(DEV_CLIENTS_SETTING, ""), reserved=[*DEFAULT_CLIENTS, *onward_clients()]
+            )
+            telemetry = _telemetry(preliminary.telemetry)
             routes: list[Any] = []
             if shared is not None:
                 settings = dev_settings(dev_env, base_url, shared)
             elif certs is None:
-                issuer = DevIssuer(base_url, extra_clients=extra_clients)
-                settings = dev_settings(dev_env, base_url, issuer)
-                routes = [*issuer.well_known_routes(), issuer.mount()]
+                # Onward calls: the server's own client, the example backend and a Destination service look-alike.
+                issuer = DevIssuer(base_url, extra_clients={**onward_clients(), **extra_clients},
+                                   applications=onward_applications(base_url))
+                onward = dev_onward(base_url, issuer.issuer, issuer.token_endpoint, env)
+                settings = dev_settings(dev_env, base_url, issuer, downstreams=onward.downstreams)
+                routes = [*issuer.well_known_routes(), issuer.mount(), *onward.routes]
             else:
                 x509_client = DevClient(None, DEV_X509_APIS, certificate_thumbprint=certs.client_thumbprint)
                 issuer = DevIssuer(base_url, extra_clients={**extra_clients, certs.client_id: x509_client})
                 settings = dev_settings(dev_env, base_url, issuer, cert_binding="if-bound")
                 jwks_client = dev_jwks_client(certs.ca, settings.auth.http_timeout_s)
-                verifier = JWTVerifier(settings.auth, client=jwks_client)
+                verifier = JWTVerifier(settings.auth, client=jwks_client,
+                                       observer=telemetry.observer if telemetry else None)
                 tls = uvicorn_tls_options(certs.server_cert, certs.server_key, certs.ca)
                 routes = [*issuer.well_known_routes(), issuer.mount()]
             audit = configure_logging(settings.log_level)
-            app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit)
+            app = create_app(settings, verifier=verifier, extra_routes=routes, audit=audit, telemetry=telemetry)
         else:
             for name in (DEV_CLIENTS_SETTING, DEV_ISSUER_SETTING):
                 if env.get(name, "").strip():
                     raise ConfigError(name, "is only used with --dev")
             settings = load_server_settings(env)
             tls = _tls_options(settings)
+            workers = worker_count(settings)
+            if workers == 1:  # else each worker opens its own telemetry and builds its own app after the fork
+                telemetry = _telemetry(settings.telemetry)
+            elif settings.telemetry.enabled:
+                _open_telemetry()  # the otel extra is there: said now, not by every worker as it starts
             audit = configure_logging(settings.log_level)
             sock = _bind(settings.host, settings.port)
-            workers = settings.workers or detected_workers()
             if workers == 1:
-                app = create_app(settings, audit=audit)
+                app = create_app(settings, audit=audit, telemetry=telemetry)
+        metrics_port = telemetry.serve_metrics() if telemetry is not None else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -255,6 +277,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 2
     log.info("auth configuration", extra={"audit": auth_summary(settings.auth)})
+    if settings.telemetry.enabled:
+        log.info("telemetry", extra={"audit": telemetry_summary(settings.telemetry, metrics_port)})
     if settings.dev:
         banner: dict[str, Any] = {"extra_clients": extra_clients, "shared_issuer": shared}
         if certs is not None:
@@ -265,21 +289,100 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 "x509_client_id": certs.client_id,
             }
         print(startup_banner(base_url, settings.auth.resource_url, **banner), file=sys.stderr, flush=True)
+        if onward is not None:
+            print(onward.banner, file=sys.stderr, flush=True)
     log.info("listening on %s:%d%s with %d worker(s)", settings.host, sock.getsockname()[1], " (TLS)" if tls else "",
              workers)
-    if workers > 1:  # each worker builds its own app (caches, buckets, pool) after the fork
-        limits = settings.rate_limits
-        leases = WorkerBuckets(2 * limits.max_clients) if limits.enabled and limits.shared == "workers" else None
-        return run_workers(workers, lambda _: _serve(create_app(settings, audit=audit, rate_leases=leases), tls, sock),
-                           on_stop=sock.close)
+    if workers > 1:
+        return run_workers(workers, _worker(settings, audit, tls, sock), on_stop=sock.close)
     # The dev verifier's HTTP client is not closed: its connections end with the process.
-    return _serve(app, tls, sock)
+    try:
+        return _serve(app, tls, sock)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # the last spans and metrics go out before the process ends
 
 
 def _serve(app: Any, tls: Mapping[str, Any], sock: socket.socket) -> int:
     server = _GracefulServer(uvicorn.Config(app, **server_options(tls)))
     server.run(sockets=[sock])
     return 0 if server.started else STARTUP_FAILURE
+
+
+def worker_count(settings: ServerSettings, detected: Callable[[], int] = detected_workers) -> int:
+    """``MCP_WORKERS``, else the CPUs the container may use; 1 with a Prometheus endpoint, which serves
+    one process's metrics (an explicit count above 1 then stops the start).
+
+    Raises:
+        ConfigError: ``MCP_WORKERS`` above 1 with ``OTEL_METRICS_EXPORTER=prometheus``.
+    """
+    if settings.telemetry.prometheus is not None:
+        if settings.workers is not None and settings.workers > 1:
+            raise ConfigError("MCP_WORKERS", "the Prometheus endpoint (OTEL_METRICS_EXPORTER=prometheus) serves one "
+                                             "process's metrics: use one worker, or export metrics over OTLP")
+        return 1
+    return settings.workers or detected()
+
+
+def _worker(settings: ServerSettings, audit: Any, tls: Mapping[str, Any], sock: socket.socket) -> Callable[[int], int]:
+    """What each worker runs after the fork: its own telemetry (threads do not survive a fork), its own app."""
+    limits = settings.rate_limits
+    leases = WorkerBuckets(2 * limits.max_clients) if limits.enabled and limits.shared == "workers" else None
+
+    def serve(index: int) -> int:
+        telemetry = _telemetry(worker_telemetry(settings.telemetry, index))
+        try:
+            return _serve(create_app(settings, audit=audit, telemetry=telemetry, rate_leases=leases), tls, sock)
+        finally:
+            if telemetry is not None:
+                telemetry.shutdown()
+
+    return serve
+
+
+def worker_telemetry(settings: TelemetrySettings, index: int) -> TelemetrySettings:
+    """A worker's telemetry settings: a ``service.instance.id`` of its own, so that the workers' metric
+    streams stay apart (``<configured id or host name>/worker-<index>``)."""
+    attributes = dict(settings.resource_attributes)
+    base = attributes.get("service.instance.id") or socket.gethostname()
+    attributes["service.instance.id"] = f"{base}/worker-{index}"
+    return replace(settings, resource_attributes=tuple(attributes.items()))
+
+
+def _telemetry(settings: TelemetrySettings) -> Any:
+    """The process's `server._otel.Telemetry` (its tracer provider made the global one), or None when off.
+
+    The OpenTelemetry SDK is imported only here, and only when a setting turns telemetry on.
+    """
+    if not settings.enabled:
+        return None
+    telemetry = _open_telemetry()(settings)
+    if telemetry is not None:
+        telemetry.install()
+    return telemetry
+
+
+def _open_telemetry() -> Callable[[TelemetrySettings], Any]:
+    """``server._otel.open_telemetry`` (importing the OpenTelemetry SDK).
+
+    Raises:
+        ConfigError: the otel extra is not installed.
+    """
+    try:
+        from ._otel import open_telemetry
+    except ImportError as exc:
+        raise ConfigError("OTEL_*", f"telemetry needs the otel extra (pip install '.[otel]'): {exc.name}") from None
+    return open_telemetry
+
+
+def telemetry_summary(settings: TelemetrySettings, metrics_port: int | None) -> dict[str, Any]:
+    """Where telemetry goes, for the start-up log line (endpoints only: headers may hold keys)."""
+    return {
+        "service_name": settings.service_name,
+        "traces": settings.traces_endpoint or "off",
+        "metrics": settings.metrics_endpoint or "off",
+        "prometheus": f"{settings.prometheus[0]}:{metrics_port}/metrics" if settings.prometheus else "off",
+    }
 
 
 def server_options(tls: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -6,16 +6,18 @@ import ipaddress
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from auth import AuthSettings, ConfigError, load_settings
 from auth._request import is_loopback_host
 from auth._service_bindings import service_bindings  # the auth layer's binding reader, shared with the app
+from auth.downstream import DownstreamSettings, load_downstreams
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
 from ._limits import RateLimitSettings, rate_limit_settings, workers_setting
+from ._otel_settings import TelemetrySettings, load_telemetry_settings
 
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
 
@@ -39,6 +41,8 @@ class ServerSettings:
     tls_cert_file: Path | None = None  # serve HTTPS with this certificate (MCP_TLS_CERT)
     tls_key_file: Path | None = None  # and this key (MCP_TLS_KEY)
     tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
+    telemetry: TelemetrySettings = TelemetrySettings()  # OTEL_*: traces and metrics (off by default)
+    downstreams: DownstreamSettings = field(default_factory=DownstreamSettings)  # MCP_DOWNSTREAMS, bindings
     rate_limits: RateLimitSettings = RateLimitSettings()  # MCP_RATE_LIMIT_* (off by default)
     workers: int | None = None  # MCP_WORKERS; None: the CPUs the container may use (resolved at start)
 
@@ -75,7 +79,11 @@ def _host_header(url: str) -> str:
 
 
 def load_server_settings(
-    env: Mapping[str, str], *, auth: AuthSettings | None = None, dev: bool = False
+    env: Mapping[str, str],
+    *,
+    auth: AuthSettings | None = None,
+    dev: bool = False,
+    downstreams: DownstreamSettings | None = None,
 ) -> ServerSettings:
     """Parse the environment (and ``VCAP_*``) into `ServerSettings`.
 
@@ -83,6 +91,7 @@ def load_server_settings(
         env: ``os.environ`` or a dict.
         auth: pre-built auth settings (dev mode builds them for its embedded issuer).
         dev: dev mode defaults (loopback bind, port 8080).
+        downstreams: pre-built downstream settings (dev mode's examples); by default `load_downstreams`.
 
     Raises:
         ConfigError: a setting is missing or invalid; the message names it.
@@ -129,6 +138,8 @@ def load_server_settings(
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
+        telemetry=load_telemetry_settings(env, server_port=port),
+        downstreams=downstreams if downstreams is not None else load_downstreams(env),
         rate_limits=rate_limit_settings(env, notes_db),
         workers=workers_setting(env, dev=dev),
     )

@@ -71,3 +71,4 @@ def test_installing_the_project_adds_only_the_typed_auth_package_and_its_console
     assert "licenses/LICENSE" in record
     assert not any(line.startswith(("server/", "tools/")) for line in record.splitlines())
     assert "auth/testing/__init__.py" in record and "auth/testing/pytest_plugin.py" in record
+    assert "auth/downstream/__init__.py" in record and "auth/downstream/_destination.py" in record  # onward calls

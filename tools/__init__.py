@@ -32,6 +32,8 @@ from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
 
+from auth.downstream import Downstreams
+
 from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore, system_ca_file
 from ._rate_leases import PostgresLeases
 from ._store import (
@@ -44,6 +46,7 @@ from ._store import (
     StoreUnavailable,
     TenantKey,
 )
+from .downstream import register_downstream_tools
 from .notes import READ, WRITE, register_notes, register_whoami, tenant_of
 
 __all__ = [
@@ -75,13 +78,18 @@ def open_store(where: Path | PostgresConfig, *, timeout: float = DEFAULT_TIMEOUT
     return SQLiteStore(Path(where))
 
 
-def register(mcp: MCPServer, store: NotesStore, *, multi_tenant: bool = False) -> None:
+def register(
+    mcp: MCPServer, store: NotesStore, *, multi_tenant: bool = False, downstreams: Downstreams | None = None
+) -> None:
     """Register every tool on ``mcp``: ``whoami`` and the note tools backed by ``store``.
 
     Call it once per server; each tool carries its permission declaration, so two servers
     in one process share nothing. ``multi_tenant``: each (issuer, tenant) of the callers' tokens
     sees only its own notes (the server turns it on with IAS multi-tenant mode); off, every
-    caller shares the one `SINGLE_TENANT`.
+    caller shares the one `SINGLE_TENANT`. With configured ``downstreams``, the example onward
+    call ``downstream_whoami`` is registered too (`tools.downstream`).
     """
     register_whoami(mcp)
     register_notes(mcp, store, multi_tenant=multi_tenant)
+    if downstreams is not None and downstreams.names:
+        register_downstream_tools(mcp, downstreams)

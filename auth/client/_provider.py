@@ -1,21 +1,26 @@
-"""Client side: fetch OAuth access tokens with the client-credentials grant (RFC 6749 §4.4).
+"""Client side: fetch OAuth access tokens with the client-credentials grant (RFC 6749 §4.4),
+and exchange a token for another (RFC 7523 JWT bearer, RFC 8693 token exchange).
 
 `TokenProvider` asks the token endpoint named by `ClientCredentials` (``auth.client._credentials``),
 caches the answer per (token endpoint, client id, resource), refreshes it ahead of expiry, and
-makes concurrent callers share one request. Access tokens never appear in a ``repr``, a message
-or the log; the log carries the token endpoint, client id, resource, HTTP status and lifetime only.
+makes concurrent callers share one request. Exchanged tokens are cached per (grant and target,
+digest of the subject token) in a bounded cache: one caller's exchanged token is never handed to
+another. Access tokens never appear in a ``repr``, a message or the log; the log carries the token
+endpoint, client id, resource, HTTP status and lifetime only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,6 +45,7 @@ from ._credentials import (
     parse_token_response,
     token_request_form,
 )
+from ._exchange import ExchangeTarget, check_exchange_response, exchange_request_form, token_digest
 from ._httpx import Httpx2BearerAuth, HttpxBearerAuth
 
 __all__ = [
@@ -102,8 +108,36 @@ def _tls_verification_failed(exc: BaseException) -> bool:
     return False
 
 
+class _BoundedCache:
+    """Issued tokens by key, at most ``max_entries``; the least recently used goes first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[Hashable, IssuedToken] = OrderedDict()
+
+    def get(self, key: Hashable) -> IssuedToken | None:
+        issued = self._entries.get(key)
+        if issued is not None:
+            self._entries.move_to_end(key)
+        return issued
+
+    def put(self, key: Hashable, issued: IssuedToken) -> None:
+        self._entries[key] = issued
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def discard(self, token: str) -> None:
+        for key, issued in list(self._entries.items()):
+            if hmac.compare_digest(issued.access_token.encode(), token.encode()):
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class TokenProvider:
-    """Fetches, caches and refreshes client-credentials access tokens.
+    """Fetches, caches and refreshes client-credentials access tokens, and exchanges tokens.
 
     Args:
         credentials: who we are and where to ask.
@@ -117,6 +151,7 @@ class TokenProvider:
         clock: monotonic seconds (injectable for tests).
         sleep: awaited between attempts (injectable for tests).
         jitter: returns a float in [0, 1) for back-off jitter.
+        exchange_cache_size: how many exchanged tokens to keep (one per subject token and target).
     """
 
     def __init__(
@@ -131,7 +166,10 @@ class TokenProvider:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        exchange_cache_size: int = 1024,
     ) -> None:
+        if exchange_cache_size < 1:
+            raise ValueError("exchange_cache_size must be at least 1")
         self._credentials = credentials
         self._client = http_client
         self._owns_client = http_client is None
@@ -143,6 +181,7 @@ class TokenProvider:
         self._sleep = sleep
         self._jitter = jitter
         self._cache: dict[tuple[str, str, str | None], IssuedToken] = {}
+        self._exchanged = _BoundedCache(exchange_cache_size)
         self._flight = _SingleFlight()
         self._token_endpoint: str | None = credentials.token_endpoint
         self.requests = 0  # token requests sent (attempts included), for metrics and tests
@@ -196,18 +235,8 @@ class TokenProvider:
         now = self._clock()
         if cached is not None and not force_refresh and now < cached.refresh_at:
             return cached
-        try:
-            return await self._flight.run(key, lambda: self._fetch(key))
-        except TokenEndpointUnreachable:
-            if cached is not None and not force_refresh and self._clock() < cached.expires_at:
-                log.warning(
-                    "token refresh failed for client %s at %s; using the cached token (%.0f s left)",
-                    self._credentials.client_id,
-                    endpoint,
-                    cached.expires_at - self._clock(),
-                )
-                return cached
-            raise
+        stale = None if force_refresh else cached
+        return await self._fetch_or_stale(key, lambda: self._fetch(key), stale, endpoint, "token refresh")
 
     def invalidate(self, token: str) -> None:
         """Forget ``token`` (say, a resource server refused it), so the next call fetches anew.
@@ -218,6 +247,93 @@ class TokenProvider:
         for key, issued in list(self._cache.items()):
             if hmac.compare_digest(issued.access_token.encode(), token.encode()):
                 del self._cache[key]
+        self._exchanged.discard(token)
+
+    async def exchange(
+        self,
+        subject_token: str,
+        target: ExchangeTarget = ExchangeTarget(),  # noqa: B008 (frozen, so sharing the default is safe)
+        *,
+        actor_token: str | None = None,
+        actor_token_type: str | None = None,
+        subject_expires_in: float | None = None,
+        force_refresh: bool = False,
+    ) -> IssuedToken:
+        """A token for ``target`` in exchange for ``subject_token`` (RFC 7523 or RFC 8693).
+
+        The answer is cached per (target, subject token, actor token) until shortly before it
+        expires, and never past ``subject_expires_in`` seconds from now (how long the subject
+        token stays valid, when known): a token derived from the caller's outlives no call of
+        theirs. Concurrent calls with the same key share one request. The subject token is
+        sent only to the token endpoint, never logged.
+
+        Raises:
+            TokenRequestRejected: the exchange was refused (``invalid_grant``, ``invalid_target``,
+                ``unauthorized_client``, ...); `InvalidClient` when our credentials were.
+            TokenEndpointUnreachable: connection errors, timeouts or 5xx on every attempt.
+            TokenResponseError: the answer is no usable bearer token of the kind asked for.
+            ConfigError: an empty subject token, or an actor token with ``jwt-bearer``.
+        """
+        resource = target.resource or self._credentials.resource
+        endpoint = self._token_endpoint or await self.token_endpoint()
+        key = (
+            "exchange",
+            endpoint,
+            self._credentials.client_id,
+            target,
+            resource,
+            token_digest(subject_token),
+            token_digest(actor_token) if actor_token is not None else None,
+        )
+        cached = self._exchanged.get(key)
+        if cached is not None and not force_refresh and self._clock() < cached.refresh_at:
+            return cached  # the hit: a digest and a dict lookup, no form, no I/O
+        form = exchange_request_form(
+            self._credentials,
+            subject_token,
+            target,
+            resource=resource,
+            actor_token=actor_token,
+            actor_token_type=actor_token_type,
+        )
+
+        async def fetch() -> IssuedToken:
+            issued = await self._request_token(endpoint, form, resource, target)
+            if subject_expires_in is not None and subject_expires_in < issued.expires_in:
+                issued = dataclasses.replace(issued, expires_in=max(subject_expires_in, 0.001))
+            self._exchanged.put(key, issued)
+            return issued
+
+        stale = None if force_refresh else cached
+        return await self._fetch_or_stale(key, fetch, stale, endpoint, "token exchange")
+
+    async def _fetch_or_stale(
+        self,
+        key: Hashable,
+        fetch: Callable[[], Awaitable[IssuedToken]],
+        stale: IssuedToken | None,
+        endpoint: str,
+        what: str,
+    ) -> IssuedToken:
+        """One shared request for ``key``; when the endpoint is unreachable, ``stale`` while it is unexpired."""
+        try:
+            return await self._flight.run(key, fetch)
+        except TokenEndpointUnreachable:
+            if stale is not None and self._clock() < stale.expires_at:
+                log.warning(
+                    "%s failed for client %s at %s; using the cached token (%.0f s left)",
+                    what,
+                    self._credentials.client_id,
+                    endpoint,
+                    stale.expires_at - self._clock(),
+                )
+                return stale
+            raise
+
+    @property
+    def cached_exchanges(self) -> int:
+        """How many exchanged tokens the cache holds (for metrics and tests)."""
+        return len(self._exchanged)
 
     def httpx_auth(self, *, resource: str | None = None) -> HttpxBearerAuth:
         """An ``httpx.Auth`` that sends our token and retries once on a 401."""
@@ -239,12 +355,20 @@ class TokenProvider:
         return self._token_endpoint
 
     async def _fetch(self, key: tuple[str, str, str | None]) -> IssuedToken:
-        endpoint, client_id, resource = key
+        endpoint, _, resource = key
+        issued = await self._request_token(endpoint, token_request_form(self._credentials, resource), resource)
+        self._cache[key] = issued
+        return issued
+
+    async def _request_token(
+        self, endpoint: str, form: dict[str, str], resource: str | None, target: ExchangeTarget | None = None
+    ) -> IssuedToken:
         creds = self._credentials
+        client_id = creds.client_id
         headers = {"Accept": "application/json"}
         if creds.client_secret is not None:
             headers["Authorization"] = basic_authorization(client_id, creds.client_secret)
-        form = token_request_form(creds, resource)
+        grant = "client_credentials" if target is None else target.grant
         obtained_at = self._clock()  # before sending: the lifetime counts from the server's clock
         reply = await self._exchange("POST", endpoint, data=form, headers=headers)
         try:
@@ -255,22 +379,25 @@ class TokenProvider:
                 default_lifetime=self._default_lifetime,
                 token_endpoint=endpoint,
             )
+            if target is not None:
+                issued = check_exchange_response(issued, reply.body, target, token_endpoint=endpoint)
         except TokenRequestRejected as exc:
             log.error(
-                "token request for client %s at %s refused: HTTP %s %s %s",
+                "%s token request for client %s at %s refused: HTTP %s %s %s",
+                grant,
                 client_id,
                 endpoint,
                 exc.status,
                 exc.error or "",
-                exc.description or "",
+                (exc.description or "")[:200],
             )
             raise
         except TokenResponseError as exc:
-            log.error("token request for client %s at %s: %s", client_id, endpoint, exc)
+            log.error("%s token request for client %s at %s: %s", grant, client_id, endpoint, exc)
             raise
-        self._cache[key] = issued
         log.info(
-            "token for client %s at %s (resource %s): expires in %.0f s",
+            "%s token for client %s at %s (resource %s): expires in %.0f s",
+            grant,
             client_id,
             endpoint,
             resource or "-",

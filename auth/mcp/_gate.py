@@ -30,6 +30,7 @@ from .._context import optional_token
 from .._errors import InsufficientScope
 from .._metadata import metadata_routes, resource_metadata_url
 from .._middleware import SCOPE_KEY, BearerAuthMiddleware, RequireToken, send_auth_error
+from .._observe import NO_OBSERVER, Observer
 from .._ratelimit import RateLimiter
 from .._request import clip, route_path
 from .._settings import AuthSettings
@@ -94,6 +95,7 @@ class ToolPermissionGate:
         protect: path prefixes of MCP endpoints, as the app's router sees them (without ``root_path``).
         max_body: request body cap in bytes (413 beyond it).
         clock: for the audit line's duration.
+        observer: told of each refusal (`auth._observe`); none by default.
     """
 
     def __init__(
@@ -105,9 +107,11 @@ class ToolPermissionGate:
         protect: tuple[str, ...] = ("/mcp",),
         max_body: int = 1024 * 1024,
         clock: Callable[[], float] = time.perf_counter,
+        observer: Observer | None = None,
     ) -> None:
         self.app = app
         self._permissions = permissions
+        self._observer = observer or NO_OBSERVER
         self._protect = tuple(p.rstrip("/") for p in protect)
         self._metadata_url = resource_metadata_url(settings.resource_url)
         self._max_body = max_body
@@ -148,6 +152,7 @@ class ToolPermissionGate:
             _audit_denial(token, list(dict.fromkeys(used)), missing, round((self._clock() - started) * 1000, 2))
             shown = clip(",".join(n for _, n in refused if n))
             exc = InsufficientScope(required, missing, reason=f"{shown!r} needs {sorted(required)}")
+            self._observer.refused([n for _, n in refused], missing)
             exc.description = _refusal_text(refused, missing)  # type: ignore[misc]  # per call, not the class default
             await send_auth_error(send, exc, resource_metadata=self._metadata_url, body=_jsonrpc_denial(message, exc))
             return
@@ -439,6 +444,7 @@ def protect(
     routes: Sequence[BaseRoute] = (),
     max_body: int = 1024 * 1024,
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
+    observer: Observer | None = None,
     rate_limit: RateLimiter | None = None,
 ) -> ProtectedApp:
     """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
@@ -480,6 +486,8 @@ def protect(
         max_body: request body cap of the gate in bytes (413 beyond it).
         lifespan: an async context the app's lifespan enters around the SDK's session manager
             (open a database, say).
+        observer: told of authentications, key fetches, token-cache use, refusals and rate-limit refusals
+            (`auth._observe`); passed to the verifier only when this call builds it.
         rate_limit: per-client read and write limits, checked after the 403 gate (429 with
             ``Retry-After``; `RateLimitGate`); None or a limiter with no limit adds nothing.
 
@@ -503,16 +511,18 @@ def protect(
         max_request_body_size=max_body,
     ))
     owned = verifier is None
-    token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings)
+    token_verifier: TokenVerifier = verifier if verifier is not None else JWTVerifier(settings, observer=observer)
 
     def scopes() -> list[str]:  # read at each use: the registry may grow after this call
         return sorted(table.all_permissions())
 
     closed: ASGIApp = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
     if rate_limit is not None and rate_limit.enabled:
-        closed = RateLimitGate(closed, limiter=rate_limit, read_only=Registry(mcp).read_only)
-    gated = ToolPermissionGate(closed, settings=settings, permissions=table, protect=(path,), max_body=max_body)
-    guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes)
+        closed = RateLimitGate(closed, limiter=rate_limit, read_only=Registry(mcp).read_only, observer=observer)
+    gated = ToolPermissionGate(closed, settings=settings, permissions=table, protect=(path,), max_body=max_body,
+                               observer=observer)
+    guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes,
+                                   observer=observer)
 
     @contextlib.asynccontextmanager
     async def app_lifespan(_: Starlette) -> AsyncIterator[None]:

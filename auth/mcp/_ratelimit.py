@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._middleware import SCOPE_KEY
+from .._observe import NO_OBSERVER, Observer
 from .._ratelimit import Kind, RateLimiter, Refusal, retry_after_seconds
 from .._request import clip
 from .._token import VerifiedToken
@@ -81,12 +82,15 @@ class RateLimitGate:
         limiter: the buckets.
         read_only: whether a tool name is a read-only tool (``Registry(mcp).read_only``, looked up at
             each call: a tool registered after `protect` is classified like one registered before).
+        observer: told of every refused request (`auth._observe`: the rate-limit rejections counter).
     """
 
-    def __init__(self, app: ASGIApp, *, limiter: RateLimiter, read_only: Callable[[str], bool]) -> None:
+    def __init__(self, app: ASGIApp, *, limiter: RateLimiter, read_only: Callable[[str], bool],
+                 observer: Observer | None = None) -> None:
         self.app = app
         self._limiter = limiter
         self._read_only = read_only
+        self._observer = observer or NO_OBSERVER
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         token: VerifiedToken | None = scope.get(SCOPE_KEY)
@@ -99,6 +103,7 @@ class RateLimitGate:
         if refusal is None:
             await self.app(scope, receive, send)
             return
+        self._observer.rate_limited(kind)
         await self._refuse(send, token, message, refusal)
 
     @staticmethod

@@ -1,8 +1,9 @@
 """A local issuer any server can trust, and tokens for a user's own tests.
 
-An IAS look-alike (OpenID discovery, JWKS, a client-credentials token endpoint with client
-secrets or X.509 ``tls_client_auth``) for the audiences, RFC 8707 resources and clients you
-give it, signing with a key kept in a file so several server instances and restarts agree::
+An IAS look-alike (OpenID discovery, JWKS, a token endpoint with client secrets or X.509
+``tls_client_auth``: client credentials, and exchange of its own tokens by the JWT bearer grant
+and RFC 8693) for the audiences, RFC 8707 resources and clients you give it, signing with a key
+kept in a file so several server instances and restarts agree::
 
     btp-mcp-issuer --audience my-api --resource http://127.0.0.1:9000/mcp     # or python -m auth.testing
 

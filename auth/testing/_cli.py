@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="btp-mcp-issuer",
         description="A local IAS look-alike for any MCP server or API: discovery, keys and client-credentials "
-        "tokens for the audiences, RFC 8707 resources and clients you give it. For development and tests only.",
+        "tokens for the audiences, RFC 8707 resources and clients you give it, and exchange of its own tokens "
+        "(JWT bearer, RFC 8693). For development and tests only.",
         epilog=ENVIRONMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -3,7 +3,10 @@
 It behaves like SAP Cloud Identity Services (IAS) for the client-credentials grant: OpenID
 discovery, a JWKS, and a token endpoint issuing RS256 JWTs with IAS's claim set (``sub``/``azp``
 the client, ``aud``, ``ias_apis`` with the client's permission groups, ``sap_id_type``,
-``app_tid``, ``iat``/``exp``/``jti``). Deliberate differences, all for a local dev loop:
+``app_tid``, ``iat``/``exp``/``jti``). It also exchanges the tokens it issued, by the JWT bearer
+grant (RFC 7523, as IAS does for principal propagation) and by RFC 8693 token exchange, with the
+rules of `auth.testing._grants` (the subject token addressed to the exchanging client, ``act``
+recording the actor). Deliberate differences, all for a local dev loop:
 
 * without ``resource`` the token is for the first configured audience and carries ``ias_apis``
   (IAS would issue a token for the client itself, without ``ias_apis``); a ``resource`` that is
@@ -40,6 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from .._binding import certificate_thumbprint
@@ -210,6 +214,31 @@ class Issuer:
         except LookupError:
             raise TokenEndpointError("invalid_target", "resource does not name a known application") from None
 
+    def audience_named(self, audience: str) -> tuple[str, ...] | None:
+        """The ``aud`` for an RFC 8693 ``audience``: an application's client id or IAS name, else None."""
+        for known in self.audiences:
+            if audience in (known.client_id, known.name):
+                return (known.client_id,)
+        return None
+
+    def verify_own(self, token: str) -> Mapping[str, object] | None:
+        """The claims of ``token`` if this issuer signed it and it is valid now, else None (for the exchange grants).
+
+        The signature with the current key, ``iss`` this issuer, ``exp`` in the future and ``nbf`` (if any)
+        not beyond a minute ahead; anything malformed is None.
+        """
+        try:
+            claims = jwt.decode(token, self._key, algorithms=["RS256"]).claims
+        except (JoseError, ValueError, TypeError):
+            return None
+        now = self._clock()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if claims.get("iss") != self.url or not isinstance(exp, int) or exp <= now:
+            return None
+        if not isinstance(nbf, int | float) or nbf > now + 60:
+            return None
+        return dict(claims)
+
     def settings(self, resource_url: str, *, audience: str | None = None, **options: Any) -> AuthSettings:
         """`AuthSettings` for a server at ``resource_url`` that trusts this issuer.
 
@@ -376,7 +405,7 @@ class Issuer:
             return self._only(method, ("POST",)) or self._token(request)
         if path == "/oauth2/authorize":
             refusal = TokenEndpointError(
-                "unsupported_response_type", "the local issuer supports only the client_credentials grant"
+                "unsupported_response_type", "the local issuer has no authorization-code flow"
             )
             return self._only(method, ("GET", "POST")) or _json(400, refusal.body(), refusal.headers())
         return _json(404, {"error": "not_found"})
@@ -407,7 +436,11 @@ class Issuer:
             return _json(exc.status, exc.body(), exc.headers())
 
         thumbprint = token_request.certificate_thumbprint
-        claims = self._claims(issued, thumbprint=thumbprint, lifetime=self.token_lifetime, now=int(self._clock()))
+        now = int(self._clock())
+        lifetime = self.token_lifetime
+        if issued.expires_at is not None:  # an exchanged token never outlives the subject token
+            lifetime = max(1, min(lifetime, issued.expires_at - now))
+        claims = self._claims(issued, thumbprint=thumbprint, lifetime=lifetime, now=now)
         token = self._sign(claims, None, key=self._key)
         self._log.info(
             "local issuer: issued token client_id=%r grant=%s aud=%r jti=%s bound=%s",
@@ -417,7 +450,9 @@ class Issuer:
             claims["jti"],
             "yes" if thumbprint else "no",
         )
-        answer = {"access_token": token, "token_type": "Bearer", "expires_in": self.token_lifetime}
+        answer: dict[str, object] = {"access_token": token, "token_type": "Bearer", "expires_in": lifetime}
+        if issued.issued_token_type is not None:
+            answer["issued_token_type"] = issued.issued_token_type  # RFC 8693 §2.2.1
         return _json(200, answer, NO_STORE)
 
     def _authenticate(self, request: HttpRequest, form: Mapping[str, str]) -> TokenRequest:

@@ -12,13 +12,15 @@ import pytest
 
 import auth
 import auth.client
+import auth.downstream
 import auth.mcp
 import auth.testing
 
 AUTH_DIR = Path(auth.__file__).parent
 APP_PACKAGES = {"server", "tools"}
-PARTS = [auth, auth.mcp, auth.client, auth.testing]
-"""The resource-server core, the MCP integration, the calling side, the local issuer: one short public API each."""
+PARTS = [auth, auth.mcp, auth.client, auth.downstream, auth.testing]
+"""The resource-server core, the MCP integration, the calling side, onward calls, the local issuer: one short
+public API each."""
 PUBLIC_MODULES = {Path("testing/pytest_plugin.py")}
 """Named by users (``pytest_plugins = ["auth.testing.pytest_plugin"]``), so not private."""
 
@@ -48,6 +50,7 @@ def test_no_name_is_exported_by_two_parts() -> None:
 def test_the_tree_shows_the_parts() -> None:
     assert (AUTH_DIR / "mcp" / "__init__.py").is_file()
     assert (AUTH_DIR / "client" / "__init__.py").is_file()
+    assert (AUTH_DIR / "downstream" / "__init__.py").is_file()
     assert (AUTH_DIR / "testing" / "__init__.py").is_file()
     assert all(p.name.startswith("_") or p.relative_to(AUTH_DIR) in PUBLIC_MODULES for p in AUTH_DIR.rglob("*.py")), (
         "implementation lives in private modules")
@@ -69,8 +72,16 @@ def test_the_core_does_not_depend_on_the_calling_side_or_the_mcp_integration() -
         (path.name, module)
         for path in core
         for module, level in _imports(path)
-        if (level == 1 and module.split(".")[0] in ("mcp", "client")) or module.startswith(("auth.mcp", "auth.client"))
+        if (level == 1 and module.split(".")[0] in ("mcp", "client", "downstream"))
+        or module.startswith(("auth.mcp", "auth.client", "auth.downstream"))
     ]
+    assert offending == []
+
+
+def test_the_calling_side_does_not_depend_on_onward_calls() -> None:
+    sources = sorted((AUTH_DIR / "client").glob("*.py"))
+    offending = [(p.name, m) for p in sources for m, level in _imports(p)
+                 if m.startswith("auth.downstream") or (level == 2 and m.split(".")[0] == "downstream")]
     assert offending == []
 
 
@@ -135,3 +146,8 @@ def test_public_api_offers_the_sdk_and_fastmcp_fit() -> None:
     assert {"protect", "ToolPermissions", "requires", "fastmcp_auth", "permission_check"} <= set(auth.mcp.__all__)
     assert not {"REGISTRY", "PermissionRegistry", "set_permission_aliases"} & {n for p in PARTS for n in p.__all__}
     assert callable(getattr(auth.JWTVerifier, "verify_token", None))
+
+
+def test_onward_calls_offer_one_call_for_tools_and_the_destination_service() -> None:
+    assert {"Downstreams", "DownstreamError", "load_downstreams", "DestinationService"} <= set(auth.downstream.__all__)
+    assert "ExchangeTarget" in auth.client.__all__ and callable(auth.client.TokenProvider.exchange)

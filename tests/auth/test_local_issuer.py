@@ -58,7 +58,9 @@ def test_serves_discovery_and_keys_at_the_issuer_root(issuer: Issuer) -> None:
         doc = httpx.get(issuer.url + path, timeout=10).json()
         assert (doc["issuer"], doc["token_endpoint"], doc["jwks_uri"]) == (
             issuer.url, issuer.url + "/oauth2/token", issuer.url + "/oauth2/certs")
-        assert doc["grant_types_supported"] == ["client_credentials"]
+        assert doc["grant_types_supported"] == [  # and the exchange grants (RFC 7523, RFC 8693)
+            "client_credentials", "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            "urn:ietf:params:oauth:grant-type:token-exchange"]
     (key,) = httpx.get(issuer.jwks_uri, timeout=10).json()["keys"]
     assert set(key) == {"kty", "kid", "use", "alg", "n", "e"} and key["kid"] == issuer.kid
 

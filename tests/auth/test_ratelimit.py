@@ -163,12 +163,34 @@ async def test_the_bucket_table_is_bounded_least_recently_used_first() -> None:
     assert limiter.size("read") == 3
 
 
-async def test_refusals_are_counted_by_the_hook() -> None:
-    counted: list[str] = []
-    limiter = RateLimiter(read=Rate(1, 1), write=Rate(1, 1), clock=Clock(), on_refusal=counted.append)
-    for kind in ("read", "write", "write", "read", "read"):
-        await limiter.acquire(_token(), kind)  # type: ignore[arg-type]
-    assert counted == ["write", "read", "read"]
+async def test_refusals_are_told_to_the_observer() -> None:
+    from auth._observe import NoObserver
+    from auth.mcp import RateLimitGate
+
+    class Counting(NoObserver):
+        def __init__(self) -> None:
+            self.kinds: list[str] = []
+
+        def rate_limited(self, kind: str) -> None:
+            self.kinds.append(kind)
+
+    async def inner(scope: object, receive: object, send: object) -> None:
+        return None
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    observer = Counting()
+    limiter = RateLimiter(read=Rate(1, 1), write=Rate(1, 1), clock=Clock())
+    gate = RateLimitGate(inner, limiter=limiter, read_only={"look"}.__contains__, observer=observer)
+    for tool in ("look", "change", "change", "look", "look"):
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}}
+        await gate({"type": "http", "method": "POST", "auth.token": _token(), "mcp.message": message},
+                   None, send)  # type: ignore[arg-type]
+    assert observer.kinds == ["write", "read", "read"]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [429, 429, 429]
 
 
 # -- shared buckets (leases) ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The audit trail: one ``audit`` record per tool call, and no credential in any log record.
+"""The audit trail: one ``audit`` record per MCP request, and no credential in any log record.
 
 The server runs in this process (a uvicorn thread), so pytest's caplog sees every record
 the server, the auth layer, the SDK, uvicorn and the HTTP clients emit.
@@ -39,7 +39,14 @@ def capture_everything(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogC
 
 
 def audit_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
-    return [r.audit for r in caplog.records if r.name == "audit"]  # type: ignore[attr-defined]
+    """The tool calls' audit records (allowed, refused, failed)."""
+    return [r.audit for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "audit" and r.getMessage().startswith("tool call")]
+
+
+def request_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    """The audit records of every other MCP request."""
+    return [r.audit for r in caplog.records if r.name == "audit" and r.getMessage() == "mcp request"]  # type: ignore[attr-defined]
 
 
 def rendered(record: logging.LogRecord) -> str:
@@ -57,7 +64,7 @@ async def test_each_tool_call_writes_one_audit_record_with_caller_tool_decision_
         full, read = srv.token("dev-full"), srv.token("dev-read")
         caplog.clear()
         async with mcp_client(srv.mcp_url, full, mode) as client:
-            await client.list_tools()  # not a tool call: no audit record
+            await client.list_tools()  # not a tool call: its own audit record ("mcp request")
             note = (await client.call_tool("create_note", {"title": PRIVATE_TITLE, "body": PRIVATE_BODY}))
             assert not note.is_error
             await client.call_tool("list_notes", {})
@@ -82,6 +89,11 @@ async def test_each_tool_call_writes_one_audit_record_with_caller_tool_decision_
         assert isinstance(entry["duration_ms"], float | int) and 0 <= entry["duration_ms"] < 10_000, entry
     denied = entries[4]
     assert denied["missing"] == ["api_write_access"] and denied["status"] == 403
+    others = request_records(caplog)
+    assert ("dev-full", "tools/list", "allowed") in [(e["client_id"], e["method"], e["decision"]) for e in others]
+    if mode == "legacy":  # the handshake is a request too, one per session
+        assert [e["client_id"] for e in others if e["method"] == "initialize"] == ["dev-full", "dev-read"]
+    assert all(isinstance(e["duration_ms"], float | int) and "tool" not in e for e in others)
 
     audit_text = "\n".join(rendered(r) for r in caplog.records if r.name == "audit")
     assert PRIVATE_TITLE not in audit_text and PRIVATE_BODY not in audit_text  # no argument values

@@ -94,7 +94,9 @@ def test_discovery_document_is_served_at_every_well_known_location(live: Live, p
     assert doc["issuer"] == issuer
     assert doc["token_endpoint"] == issuer + "/oauth2/token"
     assert doc["jwks_uri"] == issuer + "/oauth2/certs"
-    assert doc["grant_types_supported"] == ["client_credentials"]
+    assert doc["grant_types_supported"] == [  # and the exchange grants (RFC 7523, RFC 8693)
+        "client_credentials", "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "urn:ietf:params:oauth:grant-type:token-exchange"]
     assert doc["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post"]
     assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
 

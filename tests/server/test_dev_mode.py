@@ -119,7 +119,7 @@ async def test_dev_read_token_lists_notes_and_is_refused_create(dev: DevProcess,
     token = dev.token("dev-read", "dev-read-secret")
     async with mcp_client(dev.base_url + "/mcp", token, mode) as client:
         assert {t.name for t in (await client.list_tools()).tools} == {
-            "whoami", "list_notes", "search_notes", "get_note"}
+            "whoami", "list_notes", "search_notes", "get_note", "downstream_whoami"}  # --dev calls onward too
         listed = await client.call_tool("list_notes", {})
         assert not listed.is_error and listed.structured_content == {"notes": []}
         with pytest.raises(MCPError):

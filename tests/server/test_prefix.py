@@ -129,7 +129,7 @@ def unguarded(tmp_path_factory: pytest.TempPathFactory, idp: IdP) -> Iterator[st
     db = tmp_path_factory.mktemp("unguarded") / "notes.db"
 
     def factory(base_url: str) -> Any:
-        protected = build(base_url, db, idp).asgi.app  # HostOriginGuard -> the app `protect` built
+        protected = build(base_url, db, idp).asgi.app.app  # CorrelationLayer -> HostOriginGuard -> `protect`
         return Starlette(routes=[Mount("/", app=protected.endpoint.app)], lifespan=protected.lifespan)
 
     with running_server(factory=factory, lifespan="on", http="httptools") as base_url:
