@@ -362,3 +362,51 @@ def test_the_workers_of_an_instance_share_one_rate_limit_budget(idp: IdP, tmp_pa
             with httpx.Client(timeout=10) as http:
                 statuses.append(http.post(url, json=call, headers=headers).status_code)
         assert sorted(statuses) == [200] * 4 + [429] * 12, statuses  # per worker, it could be up to 8
+
+
+def test_each_worker_exports_its_own_telemetry(idp: IdP, tmp_path: Path) -> None:
+    from tests._otlp import otlp_receiver
+
+    with otlp_receiver() as receiver:
+        with production(idp, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="200",
+                        OTEL_RESOURCE_ATTRIBUTES="service.instance.id=notes-7") as server:
+            assert len(server.workers()) == 2  # telemetry threads start in each worker, after the fork
+            url = f"http://127.0.0.1:{server.port}/mcp"
+            headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                       "MCP-Protocol-Version": "2025-11-25", "Authorization": f"Bearer {idp.mint()}"}
+            call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+            for _ in range(16):
+                with httpx.Client(timeout=10) as http:
+                    assert http.post(url, json=call, headers=headers).status_code == 200
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(20) == 0, server.output()  # each worker flushed its spans and metrics
+        spans = [s for s in receiver.spans() if s.name == "POST /mcp"]
+        assert len(spans) == 16
+        assert {s.resource["service.instance.id"] for s in spans} == {"notes-7/worker-0", "notes-7/worker-1"}
+        verified: dict[str, int] = {}  # per worker: its latest (cumulative) count of valid tokens
+        for request in receiver.metric_requests:
+            for resource in request.resource_metrics:
+                (instance,) = [a.value.string_value for a in resource.resource.attributes
+                               if a.key == "service.instance.id"]
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        if metric.name == "mcp.auth.token.verifications":
+                            verified[instance] = sum(p.as_int for p in metric.sum.data_points)
+        assert set(verified) == {"notes-7/worker-0", "notes-7/worker-1"}
+        assert sum(verified.values()) == 16  # the two workers' counters add up to every request
+
+
+def test_a_prometheus_endpoint_means_one_worker(idp: IdP, tmp_path: Path) -> None:
+    metrics_port = str(free_port())
+    with production(idp, tmp_path, workers="auto", OTEL_METRICS_EXPORTER="prometheus",
+                    OTEL_EXPORTER_PROMETHEUS_PORT=metrics_port) as server:
+        assert server.workers() == []  # one process serves, the one that serves the scrape endpoint
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).status_code == 200
+    assert "with 1 worker(s)" in server.output()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PYTHONPATH": str(REPO), "PORT": "0",
+           "MCP_AUTH_ISSUER": idp.issuer, "MCP_AUTH_AUDIENCE": "mcp-client",
+           "MCP_RESOURCE_URL": "http://127.0.0.1:1/mcp", "MCP_NOTES_DB": str(tmp_path / "n.db"), "MCP_WORKERS": "2",
+           "OTEL_METRICS_EXPORTER": "prometheus", "OTEL_EXPORTER_PROMETHEUS_PORT": metrics_port}
+    result = subprocess.run([sys.executable, "-m", "server"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "MCP_WORKERS" in result.stderr and "Prometheus" in result.stderr
