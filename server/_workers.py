@@ -229,6 +229,8 @@ def run_workers(count: int, serve: Callable[[int], int], *, on_stop: Callable[[]
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
                 log.info("worker %d started (pid %d)", index, os.getpid())
                 status = serve(index)
+            except SystemExit as exc:  # uvicorn exits on a configuration it cannot load
+                status = exc.code if isinstance(exc.code, int) else 1
             except BaseException:  # noqa: BLE001 - whatever happens, the worker must not return into the parent's code
                 traceback.print_exc()
             finally:
