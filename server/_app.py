@@ -116,13 +116,13 @@ def create_app(
             (none: no onward calls), closed on shutdown. Each call writes an audit line too.
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
-    if downstreams is None and settings.downstreams:
-        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit)
     observer: Observer = NO_OBSERVER
     record: OperationRecord | None = None
     served: NotesStore = store
     if telemetry is not None:
         observer, record, served = telemetry.observer, telemetry.observer.operation, telemetry.observe_store(store)
+    if downstreams is None and settings.downstreams:
+        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit, observer=observer)
     mcp = build_mcp(settings, served, audit, record, downstreams)
     if customize is not None:
         customize(mcp)
