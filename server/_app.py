@@ -120,13 +120,13 @@ def create_app(
         rate_leases: the rate-limit buckets the worker processes share (made before they fork).
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
-    if downstreams is None and settings.downstreams:
-        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit)
     observer: Observer = NO_OBSERVER
     record: OperationRecord | None = None
     served: NotesStore = store
     if telemetry is not None:
         observer, record, served = telemetry.observer, telemetry.observer.operation, telemetry.observe_store(store)
+    if downstreams is None and settings.downstreams:
+        downstreams = Downstreams(settings.downstreams, audit=audit or write_audit, observer=observer)
     mcp = build_mcp(settings, served, audit, record, downstreams)
     if customize is not None:
         customize(mcp)

@@ -37,6 +37,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from .._context import optional_token
 from .._http import tls_context
+from .._observe import NO_OBSERVER, Observer
 from ..client._credentials import (
     InvalidClient,
     RetryPolicy,
@@ -141,8 +142,10 @@ class Downstreams:
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
         max_response_bytes: int = _MAX_RESPONSE,
+        observer: Observer | None = None,
     ) -> None:
         self._settings = settings
+        self._observer = observer or NO_OBSERVER
         self._owned: list[Any] = []
         if provider is None and settings.credentials is not None:
             timeout = min(5.0, max((d.timeout_s for d in settings.downstreams.values()), default=5.0))
@@ -261,31 +264,37 @@ class Downstreams:
         started, status, outcome = self._clock(), None, "error"
         caller = _Caller(None, None, None)
         authentication = None
-        try:
-            caller = self._caller(downstream, subject_token)
-            async with asyncio.timeout(downstream.timeout_s):
-                for attempt in (1, 2):
-                    authorization = await self._authorize(downstream, caller, fresh=attempt == 2)
-                    authentication = authorization.authentication
-                    response = await self._send(
-                        downstream, authorization, method, path,
-                        params=params, headers=headers, json=json, content=content, caller_token=caller.token,
-                    )
-                    status = response.status_code
-                    if status != 401 or attempt == 2:
-                        break
-                    self._forget(downstream, caller, authorization)  # revoked early? one fresh token
-            self._check_refusal(downstream, response)
-            outcome = "ok"
-            return response
-        except TimeoutError:
-            outcome = "timeout"
-            raise DownstreamError("timeout", name, f"no answer within {downstream.timeout_s:g} s") from None
-        except DownstreamError as exc:
-            outcome, status = exc.code, exc.status if exc.status is not None else status
-            raise
-        finally:
-            self._write_audit(downstream, caller, "request", outcome, status, started, authentication)
+        # A client span and the duration metric when telemetry is on; its trace headers go out too.
+        with self._observer.downstream(name, downstream.destination or _host(downstream.url)) as call:
+            if call.headers:
+                headers = {**call.headers, **(headers or {})}
+            try:
+                caller = self._caller(downstream, subject_token)
+                async with asyncio.timeout(downstream.timeout_s):
+                    for attempt in (1, 2):
+                        authorization = await self._authorize(downstream, caller, fresh=attempt == 2)
+                        authentication = authorization.authentication
+                        response = await self._send(
+                            downstream, authorization, method, path,
+                            params=params, headers=headers, json=json, content=content, caller_token=caller.token,
+                        )
+                        status = response.status_code
+                        if status != 401 or attempt == 2:
+                            break
+                        self._forget(downstream, caller, authorization)  # revoked early? one fresh token
+                self._check_refusal(downstream, response)
+                outcome = "ok"
+                return response
+            except TimeoutError:
+                outcome = "timeout"
+                raise DownstreamError("timeout", name, f"no answer within {downstream.timeout_s:g} s") from None
+            except DownstreamError as exc:
+                outcome, status = exc.code, exc.status if exc.status is not None else status
+                raise
+            finally:
+                if status is not None:
+                    call.set_status(status)
+                self._write_audit(downstream, caller, "request", outcome, status, started, authentication)
 
     def client(self, name: str) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` for ``name`` (``as-server`` or ``on-behalf-of``): its URL as
@@ -572,3 +581,8 @@ class _DownstreamAuth(httpx.Auth):
             raise
         finally:
             owner._write_audit(downstream, caller, "client", outcome, status, started)
+
+
+def _host(url: str | None) -> str:
+    """The host of a downstream's URL, for telemetry (never a path or query)."""
+    return httpx.URL(url).host if url else ""

@@ -34,7 +34,7 @@ META_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 META_PARENT = "b7ad6b7169203331"
 SERVICE = "notes-under-test"
 SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP span kinds
-READ_LIMIT = "1/h:3"  # three reads per client, nothing refilled during the session
+READ_LIMIT = "1/h:4"  # four reads per client, nothing refilled during the session
 
 
 @dataclass
@@ -83,7 +83,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             modern = tool_call("whoami", {}, modern=True, id=7)
             modern["params"]["_meta"] = {**ENVELOPE, "traceparent": f"00-{META_TRACE_ID}-{META_PARENT}-01"}
             steps["meta"] = _post(base, read, modern, **modern_headers("whoami"))
-            # dev-read's fourth read (whoami, list, meta; the unknown tool is a write, the 403 costs nothing)
+            steps["onward"] = _post(base, read, tool_call("downstream_whoami", {"downstream": "backend"}, modern=False))
+            # dev-read's fifth read (whoami, list, meta, onward; the unknown tool is a write, the 403 costs nothing)
             steps["rate_limited"] = _post(base, read, tool_call("whoami", {}, modern=False))
             db = tmp / "notes.db"  # the store breaks: a folder where the database file was
             for path in tmp.glob("notes.db*"):
@@ -92,9 +93,10 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             steps["store_error"] = _post(base, full, tool_call("create_note", {"title": "t"}, modern=False))
             shutil.rmtree(db)
             expected = {"whoami": 200, "list": 200, "invalid": 401, "missing": 401, "forbidden": 403,
-                        "unknown": 200, "meta": 200, "rate_limited": 429, "store_error": 200}
+                        "unknown": 200, "meta": 200, "onward": 200, "rate_limited": 429, "store_error": 200}
             assert {k: r.status_code for k, r in steps.items()} == expected
             assert steps["store_error"].json()["result"]["isError"] is True
+            assert steps["onward"].json()["result"]["isError"] is False, steps["onward"].text
             scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
             public = [httpx.get(base + "/metrics", timeout=10),
                       httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {full}"}, timeout=10),
@@ -121,13 +123,13 @@ def _children(spans: list[Span], parent: Span) -> list[Span]:
 def test_one_http_span_per_mcp_request_with_the_status(session: Session) -> None:
     spans = session.receiver.spans()
     http = [s for s in spans if s.name == "POST /mcp"]
-    assert len(http) == 9
+    assert len(http) == 10
     assert len([s for s in spans if s.name == "POST /mcp/metrics" and s.kind == SERVER]) == 1  # below the path too
     assert all(s.kind == SERVER and s.resource["service.name"] == SERVICE for s in http)
     by_step = {step: _http_span(spans, rid) for step, rid in session.ids.items()}  # the request id is the trace id
     assert {k: s.attributes["http.response.status_code"] for k, s in by_step.items()} == {
         "whoami": 200, "list": 200, "invalid": 401, "missing": 401, "forbidden": 403, "unknown": 200,
-        "meta": 200, "rate_limited": 429, "store_error": 200}
+        "meta": 200, "onward": 200, "rate_limited": 429, "store_error": 200}
     assert all(s.attributes["http.request.method"] == "POST" and s.attributes["http.route"] == "/mcp"
                for s in by_step.values())
 
@@ -165,10 +167,10 @@ def test_verification_and_key_fetch_are_child_spans(session: Session) -> None:
     spans = session.receiver.spans()
     http = {s.span_id for s in spans if s.name == "POST /mcp"}
     verifies = [s for s in spans if s.name == "auth.verify" and s.parent_id in http]
-    assert len(verifies) == 9  # one per request, the one without a token included
+    assert len(verifies) == 10  # one per request, the one without a token included
     outcomes = sorted((s.attributes["auth.outcome"], s.attributes["auth.reason"]) for s in verifies)
     assert outcomes[:1] == [("invalid", "malformed")]  # "not-a-jwt"
-    assert outcomes[1:] == [("missing", "missing")] + [("valid", "none")] * 7
+    assert outcomes[1:] == [("missing", "missing")] + [("valid", "none")] * 8
     (fetch,) = [s for s in spans if s.name == "auth.key_fetch"]  # the first token's verification fetched the keys
     (parent,) = [s for s in verifies if s.span_id == fetch.parent_id]
     assert fetch.kind == CLIENT and fetch.attributes["auth.fetch.result"] == "ok"
@@ -176,6 +178,15 @@ def test_verification_and_key_fetch_are_child_spans(session: Session) -> None:
     invalid = _http_span(spans, session.ids["invalid"])
     (verify,) = _children(spans, invalid)
     assert verify.status_code == 2 and verify.attributes["error.type"] == verify.attributes["auth.reason"]
+
+
+def test_an_onward_call_is_a_client_span_of_the_tool_and_carries_the_trace(session: Session) -> None:
+    spans = session.receiver.spans()
+    (call,) = [s for s in spans if s.attributes.get("downstream.name") == "backend"]
+    (tool,) = [s for s in spans if s.span_id == call.parent_id]
+    assert tool.name == "tools/call downstream_whoami" and call.kind == CLIENT
+    assert call.attributes["http.response.status_code"] == 200 and "error.type" not in call.attributes
+    assert call.attributes["server.address"] == "127.0.0.1"
 
 
 def test_a_refused_call_ends_at_the_http_span(session: Session) -> None:
@@ -225,17 +236,19 @@ def test_metrics_arrive_with_their_attributes_and_counts(session: Session) -> No
     verifications = {k: p.as_int for k, p in _points(session, "mcp.auth.token.verifications").items()}
     invalid_reason = next(dict(k)["reason"] for k in verifications if dict(k)["outcome"] == "invalid")
     assert verifications == {
-        (("outcome", "valid"), ("reason", "none")): 8,  # seven on /mcp, one on /mcp/metrics (then 401 there)
+        (("outcome", "valid"), ("reason", "none")): 9,  # eight on /mcp, one on /mcp/metrics (then 401 there)
         (("outcome", "invalid"), ("reason", invalid_reason)): 1,
         (("outcome", "missing"), ("reason", "missing")): 1,
     }
     cache = {dict(k)["result"]: p.as_int for k, p in _points(session, "mcp.auth.token_cache.lookups").items()}
-    assert cache == {"miss": 3, "hit": 6}  # two good tokens and the bad one verified afresh, then hits
+    assert cache == {"miss": 3, "hit": 7}  # two good tokens and the bad one verified afresh, then hits
     issuer = session.process.base_url + "/dev-ias"
     fetches = {k: p.as_int for k, p in _points(session, "mcp.auth.key.fetches").items()}
     assert fetches == {(("issuer", issuer), ("result", "ok")): 1}
     ((key, last),) = _points(session, "mcp.auth.key.last_success").items()
     assert key == (("issuer", issuer),) and session.started - 1 <= last.as_double <= session.ended + 1
+    downstream = {k: p.count for k, p in _points(session, "mcp.server.downstream.duration").items()}
+    assert downstream == {(("downstream.name", "backend"),): 1}
     refusals = {k: p.as_int for k, p in _points(session, "mcp.auth.refusals").items()}
     assert refusals == {(("gen_ai.tool.name", "create_note"), ("permission", "api_write_access")): 1}
 
@@ -248,7 +261,8 @@ def test_operation_duration_by_method_tool_and_error(session: Session) -> None:
     assert operations[tuple(sorted((*call, ("gen_ai.tool.name", "list_notes"))))] == 1
     assert operations[tuple(sorted((*call, ("gen_ai.tool.name", "create_note"), ("error.type", "tool_error"))))] == 1
     unknown = [k for k in operations if ("gen_ai.tool.name", "other") in k]  # not a registered name: "other"
-    assert len(unknown) == 1 and sum(operations.values()) == 5  # refused calls never reached the SDK
+    assert operations[tuple(sorted((*call, ("gen_ai.tool.name", "downstream_whoami"))))] == 1
+    assert len(unknown) == 1 and sum(operations.values()) == 6  # refused calls never reached the SDK
     modern = (("gen_ai.operation.name", "execute_tool"), ("gen_ai.tool.name", "whoami"),
               ("mcp.method.name", "tools/call"), ("mcp.protocol.version", "2026-07-28"))
     assert operations[modern] == 1
@@ -270,9 +284,10 @@ def test_prometheus_endpoint_serves_the_same_metrics_on_its_own_port(session: Se
     text = scrape.text
     assert 'mcp_auth_refusals_total{gen_ai_tool_name="create_note",permission="api_write_access"} 1.0' in text
     # scraped before the request to /mcp/metrics
-    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 7.0' in text
+    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 8.0' in text
     assert "# TYPE mcp_server_operation_duration_seconds histogram" in text
-    assert 'mcp_auth_token_cache_lookups_total{result="hit"} 5.0' in text
+    assert 'mcp_auth_token_cache_lookups_total{result="hit"} 6.0' in text
+    assert 'mcp_server_downstream_duration_seconds_count{downstream_name="backend"} 1.0' in text
 
 
 def test_the_public_route_never_serves_the_metrics(session: Session) -> None:
