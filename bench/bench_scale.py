@@ -115,6 +115,7 @@ def main() -> None:
             "MCP_RESOURCE_URL": "https://notes.example/mcp",
             "MCP_NOTES_DB": pg.url(pg.new_database()),
             "MCP_LOG_LEVEL": "WARNING",
+            "MCP_WORKERS": os.environ.get("MCP_WORKERS", "1"),  # one process per instance (bench_production: workers)
         }
         ports = [_free_port() for _ in counts]
         logs = [Path(tmp) / f"instance-{i}.log" for i in counts]

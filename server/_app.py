@@ -9,6 +9,7 @@ Request path, outermost first::
                            /health (liveness), /ready (the store answers), RFC 9728 metadata, the dev issuer
     BearerAuthMiddleware   401/503 challenges; binds the principal
     ToolPermissionGate     403 insufficient_scope before a tool is dispatched
+    RateLimitGate          429 + Retry-After over the caller's read or write limit (only when configured)
     RequireToken           401 for whatever arrives without a verified principal (fail closed)
     MCPEndpoint            one exchange per ASGI call, through the MCP SDK (stateless, JSON
                            responses: any instance can serve any request)
@@ -31,11 +32,12 @@ from starlette.routing import BaseRoute, Route
 from auth import TokenVerifier
 from auth._observe import NO_OBSERVER, Observer
 from auth.downstream import Downstreams
-from auth.mcp import ToolPermissions, protect
+from auth.mcp import LeaseSource, ToolPermissions, protect
 from tools import NotesStore, Readiness, open_store, register
 
 from ._correlation import CorrelationLayer
 from ._guard import HostOriginGuard
+from ._limits import rate_limiter
 from ._logging import OperationRecord, audit_middleware, write_audit
 from ._settings import MCP_PATH, ServerSettings
 from ._telemetry import quiet_telemetry
@@ -97,6 +99,7 @@ def create_app(
     audit: AuditWrite | None = None,
     telemetry: Telemetry | None = None,
     downstreams: Downstreams | None = None,
+    rate_leases: LeaseSource | None = None,
 ) -> ServerApp:
     """Build the ASGI app for ``settings``.
 
@@ -114,6 +117,7 @@ def create_app(
             built with ``observer=telemetry.observer``.
         downstreams: the APIs tools call onward; by default those ``settings.downstreams`` names
             (none: no onward calls), closed on shutdown. Each call writes an audit line too.
+        rate_leases: the rate-limit buckets the worker processes share (made before they fork).
     """
     store = open_store(settings.notes_db, timeout=settings.notes_db_timeout_s)
     observer: Observer = NO_OBSERVER
@@ -179,6 +183,7 @@ def create_app(
         max_body=settings.max_body_bytes,
         lifespan=store_open,
         observer=observer,
+        rate_limit=rate_limiter(settings.rate_limits, store, leases=rate_leases),  # None unless MCP_RATE_LIMIT_*
     )
     guard = HostOriginGuard(app, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
                             exempt=("/health", "/ready"))  # platform probes use the instance address

@@ -22,13 +22,15 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
 from auth.downstream import DownstreamSettings
@@ -48,7 +50,9 @@ from ._devcerts import DEV_CERTS_DIR, DevCerts, generate_dev_certs
 from ._logging import configure_logging
 from ._otel_settings import TelemetrySettings
 from ._settings import MCP_PATH, ServerSettings, is_loopback_host, load_server_settings
+from ._shm_buckets import WorkerBuckets
 from ._tls import check_tls_files, uvicorn_tls_options
+from ._workers import detected_workers, run_workers
 
 __all__ = ["main", "dev_settings", "auth_summary", "server_options"]
 
@@ -198,6 +202,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     onward: DevOnward | None = None
     tls: dict[str, Any] = {}
     telemetry: Any = None
+    metrics_port: int | None = None
+    workers = 1  # --dev: one process (the dev issuer keeps its keys, codes and clients in memory)
+    app: Any = None
     try:
         if args.dev:
             if env.get("VCAP_APPLICATION"):
@@ -253,10 +260,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                     raise ConfigError(name, "is only used with --dev")
             settings = load_server_settings(env)
             tls = _tls_options(settings)
-            telemetry = _telemetry(settings.telemetry)
+            workers = worker_count(settings)
+            if workers == 1:  # else each worker opens its own telemetry and builds its own app after the fork
+                telemetry = _telemetry(settings.telemetry)
+            elif settings.telemetry.enabled:
+                _open_telemetry()  # the otel extra is there: said now, not by every worker as it starts
             audit = configure_logging(settings.log_level)
             sock = _bind(settings.host, settings.port)
-            app = create_app(settings, audit=audit, telemetry=telemetry)
+            if workers == 1:
+                app = create_app(settings, audit=audit, telemetry=telemetry)
         metrics_port = telemetry.serve_metrics() if telemetry is not None else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -265,7 +277,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 2
     log.info("auth configuration", extra={"audit": auth_summary(settings.auth)})
-    if telemetry is not None:
+    if settings.telemetry.enabled:
         log.info("telemetry", extra={"audit": telemetry_summary(settings.telemetry, metrics_port)})
     if settings.dev:
         banner: dict[str, Any] = {"extra_clients": extra_clients, "shared_issuer": shared}
@@ -279,15 +291,62 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(startup_banner(base_url, settings.auth.resource_url, **banner), file=sys.stderr, flush=True)
         if onward is not None:
             print(onward.banner, file=sys.stderr, flush=True)
-    log.info("listening on %s:%d%s", settings.host, sock.getsockname()[1], " (TLS)" if tls else "")
-    config = uvicorn.Config(app, **server_options(tls))
+    log.info("listening on %s:%d%s with %d worker(s)", settings.host, sock.getsockname()[1], " (TLS)" if tls else "",
+             workers)
+    if workers > 1:
+        return run_workers(workers, _worker(settings, audit, tls, sock), on_stop=sock.close)
     # The dev verifier's HTTP client is not closed: its connections end with the process.
     try:
-        _GracefulServer(config).run(sockets=[sock])
+        return _serve(app, tls, sock)
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # the last spans and metrics go out before the process ends
-    return 0
+
+
+def _serve(app: Any, tls: Mapping[str, Any], sock: socket.socket) -> int:
+    server = _GracefulServer(uvicorn.Config(app, **server_options(tls)))
+    server.run(sockets=[sock])
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def worker_count(settings: ServerSettings, detected: Callable[[], int] = detected_workers) -> int:
+    """``MCP_WORKERS``, else the CPUs the container may use; 1 with a Prometheus endpoint, which serves
+    one process's metrics (an explicit count above 1 then stops the start).
+
+    Raises:
+        ConfigError: ``MCP_WORKERS`` above 1 with ``OTEL_METRICS_EXPORTER=prometheus``.
+    """
+    if settings.telemetry.prometheus is not None:
+        if settings.workers is not None and settings.workers > 1:
+            raise ConfigError("MCP_WORKERS", "the Prometheus endpoint (OTEL_METRICS_EXPORTER=prometheus) serves one "
+                                             "process's metrics: use one worker, or export metrics over OTLP")
+        return 1
+    return settings.workers or detected()
+
+
+def _worker(settings: ServerSettings, audit: Any, tls: Mapping[str, Any], sock: socket.socket) -> Callable[[int], int]:
+    """What each worker runs after the fork: its own telemetry (threads do not survive a fork), its own app."""
+    limits = settings.rate_limits
+    leases = WorkerBuckets(2 * limits.max_clients) if limits.enabled and limits.shared == "workers" else None
+
+    def serve(index: int) -> int:
+        telemetry = _telemetry(worker_telemetry(settings.telemetry, index))
+        try:
+            return _serve(create_app(settings, audit=audit, telemetry=telemetry, rate_leases=leases), tls, sock)
+        finally:
+            if telemetry is not None:
+                telemetry.shutdown()
+
+    return serve
+
+
+def worker_telemetry(settings: TelemetrySettings, index: int) -> TelemetrySettings:
+    """A worker's telemetry settings: a ``service.instance.id`` of its own, so that the workers' metric
+    streams stay apart (``<configured id or host name>/worker-<index>``)."""
+    attributes = dict(settings.resource_attributes)
+    base = attributes.get("service.instance.id") or socket.gethostname()
+    attributes["service.instance.id"] = f"{base}/worker-{index}"
+    return replace(settings, resource_attributes=tuple(attributes.items()))
 
 
 def _telemetry(settings: TelemetrySettings) -> Any:
@@ -297,14 +356,23 @@ def _telemetry(settings: TelemetrySettings) -> Any:
     """
     if not settings.enabled:
         return None
+    telemetry = _open_telemetry()(settings)
+    if telemetry is not None:
+        telemetry.install()
+    return telemetry
+
+
+def _open_telemetry() -> Callable[[TelemetrySettings], Any]:
+    """``server._otel.open_telemetry`` (importing the OpenTelemetry SDK).
+
+    Raises:
+        ConfigError: the otel extra is not installed.
+    """
     try:
         from ._otel import open_telemetry
     except ImportError as exc:
         raise ConfigError("OTEL_*", f"telemetry needs the otel extra (pip install '.[otel]'): {exc.name}") from None
-    telemetry = open_telemetry(settings)
-    if telemetry is not None:
-        telemetry.install()
-    return telemetry
+    return open_telemetry
 
 
 def telemetry_summary(settings: TelemetrySettings, metrics_port: int | None) -> dict[str, Any]:

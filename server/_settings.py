@@ -16,6 +16,7 @@ from auth._service_bindings import service_bindings  # the auth layer's binding 
 from auth.downstream import DownstreamSettings, load_downstreams
 from tools import DEFAULT_TIMEOUT_S, PostgresConfig, system_ca_file
 
+from ._limits import RateLimitSettings, rate_limit_settings, workers_setting
 from ._otel_settings import TelemetrySettings, load_telemetry_settings
 
 __all__ = ["ServerSettings", "load_server_settings", "MCP_PATH"]
@@ -42,6 +43,8 @@ class ServerSettings:
     tls_client_ca_file: Path | None = None  # accept client certificates from these CAs (MCP_TLS_CLIENT_CA)
     telemetry: TelemetrySettings = TelemetrySettings()  # OTEL_*: traces and metrics (off by default)
     downstreams: DownstreamSettings = field(default_factory=DownstreamSettings)  # MCP_DOWNSTREAMS, bindings
+    rate_limits: RateLimitSettings = RateLimitSettings()  # MCP_RATE_LIMIT_* (off by default)
+    workers: int | None = None  # MCP_WORKERS; None: the CPUs the container may use (resolved at start)
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -120,11 +123,12 @@ def load_server_settings(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("MCP_LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     tls_cert, tls_key, tls_client_ca = _tls_files(env)
+    notes_db = notes_db_setting(env)
     return ServerSettings(
         auth=auth_settings,
         host=host,
         port=port,
-        notes_db=notes_db_setting(env),
+        notes_db=notes_db,
         notes_db_timeout_s=_db_timeout(env),
         allowed_hosts=tuple(dict.fromkeys(hosts)),
         allowed_origins=tuple(dict.fromkeys(origins)),
@@ -136,6 +140,8 @@ def load_server_settings(
         tls_client_ca_file=tls_client_ca,
         telemetry=load_telemetry_settings(env, server_port=port),
         downstreams=downstreams if downstreams is not None else load_downstreams(env),
+        rate_limits=rate_limit_settings(env, notes_db),
+        workers=workers_setting(env, dev=dev),
     )
 
 

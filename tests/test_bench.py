@@ -64,3 +64,14 @@ def test_bench_exchange_prints_a_miss_and_a_hit_against_their_floors() -> None:
     assert float(rows["exchange, hit"][0]) < float(rows["exchange, miss"][0]), out  # a hit costs less than a miss
     assert all(float(rows[name][2].removesuffix("x")) > 0 for name in ("exchange, miss", "exchange, hit")), out
     assert "a hit saves" in out
+
+
+def test_bench_production_prints_the_cost_of_rate_limits_and_the_worker_figures() -> None:
+    out = _run("bench/bench_production.py", "--quick")
+    limits = [line.split() for line in out.splitlines() if line.startswith("202")]
+    assert {(row[0], row[1]) for row in limits} == {(f, k) for f in ("2025-11-25", "2026-07-28") for k in ("1", "4")}
+    workers = [line.split() for line in out.splitlines() if line[:3].strip() in ("1", "4") and "x [" in line
+               and not line.startswith("202")]
+    assert [row[0] for row in workers] == ["1", "4"], out
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in limits + workers), out
+    assert out.count("errors: 0") == 2, out

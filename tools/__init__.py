@@ -35,6 +35,7 @@ from mcp.server.mcpserver import MCPServer
 from auth.downstream import Downstreams
 
 from ._postgres import DEFAULT_TIMEOUT_S, PostgresConfig, PostgresStore, system_ca_file
+from ._rate_leases import PostgresLeases
 from ._store import (
     SINGLE_TENANT,
     Note,
@@ -55,6 +56,7 @@ __all__ = [
     "SQLiteStore",
     "PostgresStore",
     "PostgresConfig",
+    "PostgresLeases",
     "system_ca_file",
     "Note",
     "NoteError",

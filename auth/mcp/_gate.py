@@ -31,10 +31,13 @@ from .._errors import InsufficientScope
 from .._metadata import metadata_routes, resource_metadata_url
 from .._middleware import SCOPE_KEY, BearerAuthMiddleware, RequireToken, send_auth_error
 from .._observe import NO_OBSERVER, Observer
+from .._ratelimit import RateLimiter
 from .._request import clip, route_path
 from .._settings import AuthSettings
 from .._token import VerifiedToken
 from .._verifier import JWTVerifier, TokenVerifier
+from ._ratelimit import RateLimitGate
+from ._registry import Registry
 from ._tools import _ACTIVE, Kind, Listed, ToolPermissions, Unmarked
 
 if TYPE_CHECKING:
@@ -442,6 +445,7 @@ def protect(
     max_body: int = 1024 * 1024,
     lifespan: Callable[[], contextlib.AbstractAsyncContextManager[object]] | None = None,
     observer: Observer | None = None,
+    rate_limit: RateLimiter | None = None,
 ) -> ProtectedApp:
     """Wire the auth layer into an `MCPServer`: one call, one ASGI app.
 
@@ -482,8 +486,10 @@ def protect(
         max_body: request body cap of the gate in bytes (413 beyond it).
         lifespan: an async context the app's lifespan enters around the SDK's session manager
             (open a database, say).
-        observer: told of authentications, key fetches, token-cache use and refusals (`auth._observe`);
-            passed to the verifier only when this call builds it.
+        observer: told of authentications, key fetches, token-cache use, refusals and rate-limit refusals
+            (`auth._observe`); passed to the verifier only when this call builds it.
+        rate_limit: per-client read and write limits, checked after the 403 gate (429 with
+            ``Retry-After``; `RateLimitGate`); None or a limiter with no limit adds nothing.
 
     Raises:
         ValueError: ``unmarked`` differs from the given table's policy, or the table belongs to
@@ -510,7 +516,9 @@ def protect(
     def scopes() -> list[str]:  # read at each use: the registry may grow after this call
         return sorted(table.all_permissions())
 
-    closed = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
+    closed: ASGIApp = RequireToken(endpoint, settings=settings, scopes=scopes)  # fail closed, whatever is in front
+    if rate_limit is not None and rate_limit.enabled:
+        closed = RateLimitGate(closed, limiter=rate_limit, read_only=Registry(mcp).read_only, observer=observer)
     gated = ToolPermissionGate(closed, settings=settings, permissions=table, protect=(path,), max_body=max_body,
                                observer=observer)
     guarded = BearerAuthMiddleware(gated, verifier=token_verifier, settings=settings, protect=[path], scopes=scopes,

@@ -52,6 +52,12 @@ class Registry:
         tool = self._tools.get_tool(name)
         return None if tool is None else declared_permissions(tool.fn)
 
+    def read_only(self, name: str) -> bool:
+        """Whether the tool registered under ``name`` carries ``readOnlyHint: true`` (a read, for rate limits)."""
+        tool = self._tools.get_tool(name)
+        annotations = tool.annotations if tool is not None else None
+        return annotations is not None and annotations.read_only_hint is True
+
     def prompt(self, name: str) -> frozenset[str] | None:
         prompt = self._prompts.get_prompt(name)
         return None if prompt is None else declared_permissions(prompt.fn)

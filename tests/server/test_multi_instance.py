@@ -105,6 +105,7 @@ def cluster(postgres: PostgresServer, idp: IdP, folder: Path, count: int = 3) ->
         "MCP_NOTES_DB": postgres.url(postgres.new_database()),
         "MCP_NOTES_DB_TIMEOUT": "1",
         "MCP_LOG_LEVEL": "DEBUG",  # everything the store logs, to look for the password in it
+        "MCP_WORKERS": "1",  # /ready and a pool's recovery are per process: one per instance keeps probes exact
     }
     made = Cluster(env, [Instance(_free_port(), folder / f"instance-{i}.log") for i in range(count)])
     try:

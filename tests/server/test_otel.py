@@ -2,7 +2,7 @@
 
 ``python -m server --dev`` runs as a subprocess with the standard ``OTEL_*`` settings pointing at
 `tests._otlp.otlp_receiver` and a Prometheus endpoint on its own port. A scripted session (a
-success, a store call, a 401, a request without a token, a 403, a store error, an unknown tool)
+success, a store call, a 401, a request without a token, a 403, a 429, a store error, an unknown tool)
 is sent over HTTP; the Prometheus endpoint is scraped and the public route asked for it; then
 SIGTERM makes the server flush, and the spans and metrics it sent are checked: names,
 attributes, parents and counts, and that no token, client id or subject is in any of them.
@@ -34,6 +34,7 @@ META_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 META_PARENT = "b7ad6b7169203331"
 SERVICE = "notes-under-test"
 SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP span kinds
+READ_LIMIT = "1/h:4"  # four reads per client, nothing refilled during the session
 
 
 @dataclass
@@ -62,7 +63,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         port, metrics_port = free_port(), free_port()
         env = server_env(tmp, PORT=str(port), OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_SERVICE_NAME=SERVICE,
                          OTEL_METRICS_EXPORTER="otlp,prometheus", OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
-                         OTEL_BSP_SCHEDULE_DELAY="200", OTEL_METRIC_EXPORT_INTERVAL="60000")
+                         OTEL_BSP_SCHEDULE_DELAY="200", OTEL_METRIC_EXPORT_INTERVAL="60000",
+                         MCP_RATE_LIMIT_READ=READ_LIMIT)
         proc, log = start(tmp, "server", env)
         process = DevProcess(proc, f"http://127.0.0.1:{port}", log)
         try:
@@ -82,7 +84,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             modern["params"]["_meta"] = {**ENVELOPE, "traceparent": f"00-{META_TRACE_ID}-{META_PARENT}-01"}
             steps["meta"] = _post(base, read, modern, **modern_headers("whoami"))
             steps["onward"] = _post(base, read, tool_call("downstream_whoami", {"downstream": "backend"}, modern=False))
-            # --- 429: the rate-limit step goes here once per-client limits exist (issue 19) ---------
+            # dev-read's fifth read (whoami, list, meta, onward; the unknown tool is a write, the 403 costs nothing)
+            steps["rate_limited"] = _post(base, read, tool_call("whoami", {}, modern=False))
             db = tmp / "notes.db"  # the store breaks: a folder where the database file was
             for path in tmp.glob("notes.db*"):
                 path.unlink()
@@ -90,7 +93,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
             steps["store_error"] = _post(base, full, tool_call("create_note", {"title": "t"}, modern=False))
             shutil.rmtree(db)
             expected = {"whoami": 200, "list": 200, "invalid": 401, "missing": 401, "forbidden": 403,
-                        "unknown": 200, "meta": 200, "onward": 200, "store_error": 200}
+                        "unknown": 200, "meta": 200, "onward": 200, "rate_limited": 429, "store_error": 200}
             assert {k: r.status_code for k, r in steps.items()} == expected
             assert steps["store_error"].json()["result"]["isError"] is True
             assert steps["onward"].json()["result"]["isError"] is False, steps["onward"].text
@@ -120,13 +123,13 @@ def _children(spans: list[Span], parent: Span) -> list[Span]:
 def test_one_http_span_per_mcp_request_with_the_status(session: Session) -> None:
     spans = session.receiver.spans()
     http = [s for s in spans if s.name == "POST /mcp"]
-    assert len(http) == 9
+    assert len(http) == 10
     assert len([s for s in spans if s.name == "POST /mcp/metrics" and s.kind == SERVER]) == 1  # below the path too
     assert all(s.kind == SERVER and s.resource["service.name"] == SERVICE for s in http)
     by_step = {step: _http_span(spans, rid) for step, rid in session.ids.items()}  # the request id is the trace id
     assert {k: s.attributes["http.response.status_code"] for k, s in by_step.items()} == {
         "whoami": 200, "list": 200, "invalid": 401, "missing": 401, "forbidden": 403, "unknown": 200,
-        "meta": 200, "onward": 200, "store_error": 200}
+        "meta": 200, "onward": 200, "rate_limited": 429, "store_error": 200}
     assert all(s.attributes["http.request.method"] == "POST" and s.attributes["http.route"] == "/mcp"
                for s in by_step.values())
 
@@ -164,10 +167,10 @@ def test_verification_and_key_fetch_are_child_spans(session: Session) -> None:
     spans = session.receiver.spans()
     http = {s.span_id for s in spans if s.name == "POST /mcp"}
     verifies = [s for s in spans if s.name == "auth.verify" and s.parent_id in http]
-    assert len(verifies) == 9  # one per request, the one without a token included
+    assert len(verifies) == 10  # one per request, the one without a token included
     outcomes = sorted((s.attributes["auth.outcome"], s.attributes["auth.reason"]) for s in verifies)
     assert outcomes[:1] == [("invalid", "malformed")]  # "not-a-jwt"
-    assert outcomes[1:] == [("missing", "missing")] + [("valid", "none")] * 7
+    assert outcomes[1:] == [("missing", "missing")] + [("valid", "none")] * 8
     (fetch,) = [s for s in spans if s.name == "auth.key_fetch"]  # the first token's verification fetched the keys
     (parent,) = [s for s in verifies if s.span_id == fetch.parent_id]
     assert fetch.kind == CLIENT and fetch.attributes["auth.fetch.result"] == "ok"
@@ -196,6 +199,17 @@ def test_a_refused_call_ends_at_the_http_span(session: Session) -> None:
         assert [s.name for s in _children(spans, _http_span(spans, session.ids[step]))] == ["auth.verify"]
 
 
+def test_a_rate_limited_request_ends_at_the_http_span(session: Session) -> None:
+    spans = session.receiver.spans()
+    limited = _http_span(spans, session.ids["rate_limited"])
+    assert limited.attributes["error.type"] == "rate_limited"
+    assert limited.attributes["http.response.status_code"] == 429
+    assert [s.name for s in _children(spans, limited)] == ["auth.verify"]  # no MCP span: never dispatched
+    rejections = {k: p.as_int for k, p in _points(session, "mcp.server.rate_limit.rejections").items()}
+    assert rejections == {(("kind", "read"),): 1}
+    assert 'mcp_server_rate_limit_rejections_total{kind="read"} 1.0' in session.scrape.text
+
+
 def test_store_calls_are_child_spans_of_the_tool_with_their_error(session: Session) -> None:
     spans = session.receiver.spans()
     (listed,) = [s for s in spans if s.name == "list notes"]
@@ -222,12 +236,12 @@ def test_metrics_arrive_with_their_attributes_and_counts(session: Session) -> No
     verifications = {k: p.as_int for k, p in _points(session, "mcp.auth.token.verifications").items()}
     invalid_reason = next(dict(k)["reason"] for k in verifications if dict(k)["outcome"] == "invalid")
     assert verifications == {
-        (("outcome", "valid"), ("reason", "none")): 8,  # seven on /mcp, one on /mcp/metrics (then 401 there)
+        (("outcome", "valid"), ("reason", "none")): 9,  # eight on /mcp, one on /mcp/metrics (then 401 there)
         (("outcome", "invalid"), ("reason", invalid_reason)): 1,
         (("outcome", "missing"), ("reason", "missing")): 1,
     }
     cache = {dict(k)["result"]: p.as_int for k, p in _points(session, "mcp.auth.token_cache.lookups").items()}
-    assert cache == {"miss": 3, "hit": 6}  # two good tokens and the bad one verified afresh, then hits
+    assert cache == {"miss": 3, "hit": 7}  # two good tokens and the bad one verified afresh, then hits
     issuer = session.process.base_url + "/dev-ias"
     fetches = {k: p.as_int for k, p in _points(session, "mcp.auth.key.fetches").items()}
     assert fetches == {(("issuer", issuer), ("result", "ok")): 1}
@@ -270,9 +284,9 @@ def test_prometheus_endpoint_serves_the_same_metrics_on_its_own_port(session: Se
     text = scrape.text
     assert 'mcp_auth_refusals_total{gen_ai_tool_name="create_note",permission="api_write_access"} 1.0' in text
     # scraped before the request to /mcp/metrics
-    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 7.0' in text
+    assert 'mcp_auth_token_verifications_total{outcome="valid",reason="none"} 8.0' in text
     assert "# TYPE mcp_server_operation_duration_seconds histogram" in text
-    assert 'mcp_auth_token_cache_lookups_total{result="hit"} 5.0' in text
+    assert 'mcp_auth_token_cache_lookups_total{result="hit"} 6.0' in text
     assert 'mcp_server_downstream_duration_seconds_count{downstream_name="backend"} 1.0' in text
 
 
