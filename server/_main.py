@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 import threading
@@ -34,6 +35,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from auth import AuthSettings, ConfigError, IssuerConfig, JWTVerifier
 from auth.downstream import DownstreamSettings
+from tools import PostgresConfig, SQLiteStore
 
 from ._app import create_app
 from ._dev_issuer import (
@@ -266,6 +268,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             elif settings.telemetry.enabled:
                 _open_telemetry()  # the otel extra is there: said now, not by every worker as it starts
             audit = configure_logging(settings.log_level)
+            _check_notes_db(settings)  # once, before any worker: a path that cannot be written stops here
             sock = _bind(settings.host, settings.port)
             if workers == 1:
                 app = create_app(settings, audit=audit, telemetry=telemetry)
@@ -301,6 +304,23 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # the last spans and metrics go out before the process ends
+
+
+def _check_notes_db(settings: ServerSettings) -> None:
+    """Create (or migrate) the SQLite notes file now, so a path that cannot be written stops the start
+    with a message naming the setting (PostgreSQL connects later: an outage there is not a start error).
+
+    Raises:
+        ConfigError: ``MCP_NOTES_DB``, with the operating system's reason (a read-only file system, say).
+    """
+    if isinstance(settings.notes_db, PostgresConfig):
+        return
+    try:
+        SQLiteStore(Path(settings.notes_db))
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = str(settings.notes_db)
+        raise ConfigError("MCP_NOTES_DB", f"cannot open the notes database {where!r}: {reason}") from None
 
 
 def _serve(app: Any, tls: Mapping[str, Any], sock: socket.socket) -> int:

@@ -175,3 +175,23 @@ def test_malformed_dev_clients_raise_a_config_error_naming_the_setting(value: st
     with pytest.raises(ConfigError) as err:
         parse_dev_clients(value)
     assert err.value.setting == "MCP_DEV_CLIENTS"
+
+
+def test_a_notes_file_that_cannot_be_written_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
+    """Checked once before any worker starts: exit 2 and the reason, never a traceback per worker."""
+    import subprocess
+    import sys
+
+    from tests._live import free_port
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MCP_")}, "HOST": "127.0.0.1",
+           "PORT": str(free_port()), "MCP_AUTH_ISSUER": "https://t.accounts.ondemand.com", "MCP_AUTH_AUDIENCE": "c",
+           "MCP_RESOURCE_URL": "https://notes.example/mcp", "MCP_WORKERS": "2",
+           "MCP_NOTES_DB": str(blocker / "notes.db"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "server"], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert "configuration error: MCP_NOTES_DB: cannot open the notes database" in proc.stderr
+    assert "File exists" in proc.stderr and "Traceback" not in proc.stderr  # the folder is a file
